@@ -1,0 +1,65 @@
+"""What the infrastructure program and the replica image must agree on.
+
+Dependency-free on purpose: `components/` imports it without pulling in the
+replica server's web framework or MLflow, and the replica image carries it
+without any infrastructure code.
+"""
+
+from __future__ import annotations
+
+# Ports inside the containers. The local stack runner keeps them and gives each
+# container its own loopback address instead.
+REPLICA_PORT = 8080
+MLFLOW_PORT = 5000
+MYSQL_PORT = 3306
+MINIO_PORT = 9000
+BALANCER_PORT = 80
+BALANCER_STATUS_PORT = 8081
+
+# Hostnames on the private network (container names double as DNS names).
+MYSQL_HOST = "mysql"
+MINIO_HOST = "minio"
+MLFLOW_HOST = "mlflow"
+BALANCER_HOST = "balancer"
+
+# Replica HTTP routes (those of `mlflow models serve`, plus ours).
+ROUTE_PING = "/ping"
+ROUTE_HEALTH = "/health"
+ROUTE_READY = "/ready"
+ROUTE_VERSION = "/version"
+ROUTE_METRICS = "/metrics"
+ROUTE_INVOCATIONS = "/invocations"
+
+# Replica configuration, passed as environment variables.
+ENV_TRACKING_URI = "MLFLOW_TRACKING_URI"
+ENV_MODEL_NAME = "MLSERVE_MODEL_NAME"
+ENV_MODEL_ALIAS = "MLSERVE_MODEL_ALIAS"
+ENV_INSTANCE_ID = "MLSERVE_INSTANCE_ID"
+ENV_BIND_HOST = "MLSERVE_BIND_HOST"
+ENV_PORT = "MLSERVE_PORT"
+ENV_POLL_INTERVAL_S = "MLSERVE_POLL_INTERVAL_S"
+ENV_MAX_BATCH_SIZE = "MLSERVE_MAX_BATCH_SIZE"
+ENV_MAX_BATCH_WAIT_MS = "MLSERVE_MAX_BATCH_WAIT_MS"
+ENV_MAX_QUEUE = "MLSERVE_MAX_QUEUE"
+ENV_MAX_BODY_BYTES = "MLSERVE_MAX_BODY_BYTES"
+ENV_DEVICE = "MLSERVE_DEVICE"
+ENV_SHUTDOWN_GRACE_S = "MLSERVE_SHUTDOWN_GRACE_S"
+ENV_LOG_LEVEL = "MLSERVE_LOG_LEVEL"
+
+# Trainer configuration (it also reads ENV_TRACKING_URI, ENV_MODEL_NAME, ENV_MODEL_ALIAS).
+ENV_TRAINER_ONLY_IF_EMPTY = "MLSERVE_TRAINER_ONLY_IF_EMPTY"
+
+# Device selection values for ENV_DEVICE.
+DEVICE_AUTO = "auto"
+DEVICE_CPU = "cpu"
+DEVICE_CUDA = "cuda"
+
+# Entry points, run as `python -m <module>` in the image's working directory.
+REPLICA_MODULE = "app.server"
+TRAINER_MODULE = "app.trainer"
+
+# Image build: the context is `app/`; the Dockerfiles live there.
+REPLICA_DOCKERFILE = "Dockerfile.replica"
+TRACKING_DOCKERFILE = "Dockerfile.mlflow"
+BUILD_ARG_VARIANT = "VARIANT"  # "cpu" (default) or "cuda"
+IMAGE_WORKDIR = "/srv"

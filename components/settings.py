@@ -1,0 +1,369 @@
+"""Stack configuration, read once and validated into frozen dataclasses.
+
+This is the only module that reads `pulumi.Config`. Everything downstream
+(components, the nginx renderer, the local stack runner) takes a `Settings`.
+Settings are target-independent: they describe the serving stack, not Docker.
+
+Today's replicas form the default group; canary and shadow groups will be more
+`ReplicaGroup`s, so the renderer and the components already iterate over groups.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+# Limits of the config schema. Pulumi.yaml documents the same keys; a test
+# checks that both agree.
+MAX_REPLICAS = 200
+MAX_WEIGHT = 10
+MIN_MEMORY_MB = 512
+MIN_SHM_MB = 64
+GPU_MODES = ("none", "all", "count", "devices")
+BALANCER_ALGORITHMS = ("round_robin", "least_conn")
+DEFAULT_GROUP = "default"
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A config value is invalid. The message names the key and what is allowed."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"config key '{key}': {message}")
+        self.key = key
+
+
+@dataclass(frozen=True)
+class GpuSettings:
+    mode: str  # one of GPU_MODES
+    count: int  # GPUs per replica, for mode "count" and "devices"
+    device_ids: tuple[str, ...]  # for mode "devices", assigned round-robin
+
+    def devices_for(self, replica_index: int) -> tuple[str, ...]:
+        """Device ids of one replica in mode "devices": round-robin over the configured ids."""
+        n = len(self.device_ids)
+        start = replica_index * self.count
+        return tuple(self.device_ids[(start + k) % n] for k in range(self.count))
+
+
+@dataclass(frozen=True)
+class Resources:
+    cpus: str  # Docker's --cpus, e.g. "1.5"
+    memory_mb: int
+    shm_mb: int
+    gpu: GpuSettings
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    name: str
+    alias: str
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}@{self.alias}"
+
+
+@dataclass(frozen=True)
+class ReplicaGroup:
+    name: str
+    count: int
+    weights: tuple[int, ...]  # one per replica, 1..MAX_WEIGHT
+    resources: Resources
+    model: ModelRef
+
+
+@dataclass(frozen=True)
+class ServingSettings:
+    """Replica server knobs, the same for every group."""
+
+    poll_interval_s: float
+    max_batch_size: int
+    max_batch_wait_ms: float
+    max_queue: int
+    max_body_mb: int
+    shutdown_grace_s: int
+
+
+@dataclass(frozen=True)
+class BalancerSettings:
+    port: int  # published on the host
+    bind_ip: str
+    algorithm: str  # one of BALANCER_ALGORITHMS
+    max_fails: int
+    fail_timeout_s: int
+    connect_timeout_s: int
+    read_timeout_s: int
+
+
+@dataclass(frozen=True)
+class Images:
+    mysql: str
+    minio: str
+    minio_client: str
+    nginx: str
+    app_tag: str  # tag of the images we build from app/
+
+
+@dataclass(frozen=True)
+class Settings:
+    stack: str
+    groups: tuple[ReplicaGroup, ...]
+    serving: ServingSettings
+    balancer: BalancerSettings
+    images: Images
+    bucket: str
+    mlflow_ui_port: int | None  # published on 127.0.0.1 only, when set
+    docker_host: str | None
+    train_demo_model: bool
+    protect_data: bool
+
+    @property
+    def default_group(self) -> ReplicaGroup:
+        return self.groups[0]
+
+
+# Every key, its default (None: optional), and a one-line description. Pulumi.yaml's
+# config schema is checked against this table by the tests.
+DEFAULTS: dict[str, Any] = {
+    "replicas": 2,
+    "weights": None,  # default: 1 for every replica
+    "replicaCpus": "1",
+    "replicaMemoryMb": 2048,
+    "replicaShmMb": 256,
+    "gpuMode": "none",
+    "gpuCount": 1,
+    "gpuDeviceIds": None,
+    "modelName": "iris-classifier",
+    "modelAlias": "champion",
+    "pollIntervalSeconds": 10,
+    "maxBatchSize": 32,
+    "maxBatchWaitMs": 2,
+    "maxQueue": 256,
+    "maxBodyMb": 16,
+    "shutdownGraceSeconds": 30,
+    "balancerPort": 8080,
+    "balancerBindIp": "0.0.0.0",
+    "balancerAlgorithm": "round_robin",
+    "balancerMaxFails": 1,
+    "balancerFailTimeoutSeconds": 10,
+    "balancerConnectTimeoutSeconds": 2,
+    "balancerReadTimeoutSeconds": 60,
+    "mysqlImage": "mysql:8.4.3",
+    "minioImage": "minio/minio:RELEASE.2025-04-22T22-12-26Z",
+    "minioClientImage": "minio/mc:RELEASE.2025-04-16T18-13-26Z",
+    "nginxImage": "nginx:1.28.0",
+    "imageTag": "0.1.0",
+    "bucket": "mlflow",
+    "mlflowUiPort": None,
+    "dockerHost": None,
+    "trainDemoModel": True,
+    "protectData": False,
+}
+
+_IMAGE_RE = re.compile(r"^[a-z0-9][a-z0-9._/:-]*:[A-Za-z0-9_][A-Za-z0-9._-]*$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_CPUS_RE = re.compile(r"^\d+(\.\d+)?$")
+_IPV4_RE = re.compile(r"^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$")
+
+
+def _decode(key: str, raw: str | None) -> Any:
+    """Pulumi hands every value over as a string; structured values are JSON."""
+    if raw is None:
+        return DEFAULTS[key]
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw  # a plain string such as an image name
+
+
+def _int(key: str, value: Any, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ConfigError(key, f"must be a whole number from {lo} to {hi}, got {value!r}")
+    try:
+        number = int(value)
+    except ValueError:
+        raise ConfigError(key, f"must be a whole number from {lo} to {hi}, got {value!r}") from None
+    if not lo <= number <= hi:
+        raise ConfigError(key, f"must be a whole number from {lo} to {hi}, got {number}")
+    return number
+
+
+def _float(key: str, value: Any, lo: float, hi: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ConfigError(key, f"must be a number from {lo} to {hi}, got {value!r}")
+    try:
+        number = float(value)
+    except ValueError:
+        raise ConfigError(key, f"must be a number from {lo} to {hi}, got {value!r}") from None
+    if not lo <= number <= hi:
+        raise ConfigError(key, f"must be a number from {lo} to {hi}, got {number}")
+    return number
+
+
+def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ConfigError(key, f"must be one of {', '.join(allowed)}; got {value!r}")
+    return str(value)
+
+
+def _bool(key: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise ConfigError(key, f"must be true or false, got {value!r}")
+
+
+def _matching(key: str, value: Any, pattern: re.Pattern[str], what: str) -> str:
+    if not isinstance(value, str) or not pattern.match(value):
+        raise ConfigError(key, f"must be {what}, got {value!r}")
+    return value
+
+
+def _image(key: str, value: Any) -> str:
+    image = _matching(key, value, _IMAGE_RE, "an image reference with an explicit tag (name:tag)")
+    if image.rsplit(":", 1)[1] == "latest":
+        raise ConfigError(key, f"must be pinned to a version, not 'latest'; got {image!r}")
+    return image
+
+
+def _ipv4(key: str, value: Any) -> str:
+    match = _IPV4_RE.match(value) if isinstance(value, str) else None
+    if not match or any(int(octet) > 255 for octet in match.groups()):
+        raise ConfigError(key, f"must be an IPv4 address such as 0.0.0.0 or 127.0.0.1, got {value!r}")
+    return str(value)
+
+
+def _weights(value: Any, replicas: int) -> tuple[int, ...]:
+    if value is None:
+        return (1,) * replicas
+    if not isinstance(value, list):
+        raise ConfigError("weights", f"must be a list of {replicas} whole numbers (one per replica), got {value!r}")
+    if len(value) != replicas:
+        raise ConfigError(
+            "weights", f"must have exactly one entry per replica ({replicas}, the value of 'replicas'), got {len(value)}"
+        )
+    return tuple(_int("weights", w, 1, MAX_WEIGHT) for w in value)
+
+
+def _gpu(get: Callable[[str], Any], replicas: int) -> GpuSettings:
+    mode = _choice("gpuMode", get("gpuMode"), GPU_MODES)
+    count = _int("gpuCount", get("gpuCount"), 1, 16)
+    raw_ids = get("gpuDeviceIds")
+    device_ids: tuple[str, ...] = ()
+    if mode == "devices":
+        if not isinstance(raw_ids, list) or not raw_ids:
+            raise ConfigError("gpuDeviceIds", f"must be a non-empty list of GPU ids when gpuMode is 'devices', got {raw_ids!r}")
+        ids = [str(d) for d in raw_ids]
+        for device in ids:
+            if not re.match(r"^[A-Za-z0-9-]+$", device):
+                raise ConfigError("gpuDeviceIds", f"entries must be GPU indexes or UUIDs, got {device!r}")
+        if len(set(ids)) != len(ids):
+            raise ConfigError("gpuDeviceIds", f"must not repeat an id, got {ids}")
+        if count > len(ids):
+            raise ConfigError("gpuCount", f"must be at most the number of gpuDeviceIds ({len(ids)}), got {count}")
+        device_ids = tuple(ids)
+    elif raw_ids is not None:
+        raise ConfigError("gpuDeviceIds", f"is only used when gpuMode is 'devices' (gpuMode is {mode!r})")
+    return GpuSettings(mode=mode, count=count, device_ids=device_ids)
+
+
+def parse(stack: str, raw: Mapping[str, str | None]) -> Settings:
+    """Validate raw config strings (as Pulumi hands them over) into Settings.
+
+    Raises ConfigError naming the first offending key. Unknown keys are errors too,
+    so a misspelled key cannot be silently ignored.
+    """
+    unknown = sorted(set(raw) - set(DEFAULTS))
+    if unknown:
+        raise ConfigError(unknown[0], f"is not a known key; known keys are {', '.join(sorted(DEFAULTS))}")
+
+    def get(key: str) -> Any:
+        return _decode(key, raw.get(key))
+
+    replicas = _int("replicas", get("replicas"), 1, MAX_REPLICAS)
+    weights = _weights(get("weights"), replicas)
+    cpus = str(get("replicaCpus"))
+    if not _CPUS_RE.match(cpus) or float(cpus) <= 0:
+        raise ConfigError("replicaCpus", f"must be a positive number of CPUs such as 2 or 1.5, got {cpus!r}")
+    resources = Resources(
+        cpus=cpus,
+        memory_mb=_int("replicaMemoryMb", get("replicaMemoryMb"), MIN_MEMORY_MB, 1024 * 1024),
+        shm_mb=_int("replicaShmMb", get("replicaShmMb"), MIN_SHM_MB, 1024 * 1024),
+        gpu=_gpu(get, replicas),
+    )
+    model = ModelRef(
+        name=_matching("modelName", get("modelName"), _NAME_RE, "a registered model name (letters, digits, . _ -)"),
+        alias=_matching("modelAlias", get("modelAlias"), _NAME_RE, "a model alias (letters, digits, . _ -)"),
+    )
+    if model.alias.lower().startswith("v") and model.alias[1:].isdigit():
+        raise ConfigError("modelAlias", f"must not look like a version (MLflow reserves v<number>), got {model.alias!r}")
+    group = ReplicaGroup(name=DEFAULT_GROUP, count=replicas, weights=weights, resources=resources, model=model)
+
+    serving = ServingSettings(
+        poll_interval_s=_float("pollIntervalSeconds", get("pollIntervalSeconds"), 0.5, 3600),
+        max_batch_size=_int("maxBatchSize", get("maxBatchSize"), 1, 4096),
+        max_batch_wait_ms=_float("maxBatchWaitMs", get("maxBatchWaitMs"), 0, 1000),
+        max_queue=_int("maxQueue", get("maxQueue"), 1, 1_000_000),
+        max_body_mb=_int("maxBodyMb", get("maxBodyMb"), 1, 1024),
+        shutdown_grace_s=_int("shutdownGraceSeconds", get("shutdownGraceSeconds"), 1, 3600),
+    )
+    balancer = BalancerSettings(
+        port=_int("balancerPort", get("balancerPort"), 1, 65535),
+        bind_ip=_ipv4("balancerBindIp", get("balancerBindIp")),
+        algorithm=_choice("balancerAlgorithm", get("balancerAlgorithm"), BALANCER_ALGORITHMS),
+        max_fails=_int("balancerMaxFails", get("balancerMaxFails"), 1, 100),
+        fail_timeout_s=_int("balancerFailTimeoutSeconds", get("balancerFailTimeoutSeconds"), 1, 3600),
+        connect_timeout_s=_int("balancerConnectTimeoutSeconds", get("balancerConnectTimeoutSeconds"), 1, 600),
+        read_timeout_s=_int("balancerReadTimeoutSeconds", get("balancerReadTimeoutSeconds"), 1, 3600),
+    )
+    images = Images(
+        mysql=_image("mysqlImage", get("mysqlImage")),
+        minio=_image("minioImage", get("minioImage")),
+        minio_client=_image("minioClientImage", get("minioClientImage")),
+        nginx=_image("nginxImage", get("nginxImage")),
+        app_tag=_matching("imageTag", str(get("imageTag")), re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$"), "a Docker tag"),
+    )
+    if images.app_tag == "latest":
+        raise ConfigError("imageTag", "must be a version, not 'latest'")
+    ui_port = get("mlflowUiPort")
+    docker_host = get("dockerHost")
+    if docker_host is not None and not (isinstance(docker_host, str) and re.match(r"^(ssh|tcp|unix)://\S+$", docker_host)):
+        raise ConfigError("dockerHost", f"must be a Docker host URL such as ssh://user@gpu-box, got {docker_host!r}")
+    return Settings(
+        stack=stack,
+        groups=(group,),
+        serving=serving,
+        balancer=balancer,
+        images=images,
+        bucket=_matching("bucket", get("bucket"), _BUCKET_RE, "an S3 bucket name (3-63 lowercase letters, digits, . -)"),
+        mlflow_ui_port=None if ui_port is None else _int("mlflowUiPort", ui_port, 1, 65535),
+        docker_host=docker_host,
+        train_demo_model=_bool("trainDemoModel", get("trainDemoModel")),
+        protect_data=_bool("protectData", get("protectData")),
+    )
+
+
+def load() -> Settings:
+    """Read this stack's config through Pulumi. Called once, by __main__.py."""
+    import pulumi
+
+    config = pulumi.Config()
+    project = pulumi.get_project()
+    # Pulumi only offers per-key reads; collect the ones set, so that unknown keys
+    # (typos) are caught too.
+    raw: dict[str, str | None] = {}
+    all_config: Mapping[str, str] = pulumi.runtime.get_config_env() if hasattr(pulumi.runtime, "get_config_env") else {}
+    prefix = f"{project}:"
+    for full_key in all_config:
+        if full_key.startswith(prefix):
+            raw[full_key[len(prefix):]] = config.get(full_key[len(prefix):])
+    for key in DEFAULTS:
+        value = config.get(key)
+        if value is not None:
+            raw[key] = value
+    return parse(pulumi.get_stack(), raw)
