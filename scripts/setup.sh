@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Idempotent set-up on a fresh Debian machine: system packages when missing, then the
+# project's virtualenv from the pinned requirements. Sourced by run-local.sh and test.sh.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Debian packages: the stand-ins of the local stack (MariaDB), the load generator (wrk),
+# Debian's nginx (only its stub_status module is used, to syntax-check the status snippet),
+# and Python's venv support.
+apt_packages=(mariadb-server wrk nginx-light)
+python3 -c "import ensurepip" 2>/dev/null || apt_packages+=(python3-venv python3-pip)
+missing=()
+for pkg in "${apt_packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+  sudo_cmd=()
+  [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
+  echo "setup: installing Debian packages: ${missing[*]}"
+  "${sudo_cmd[@]}" apt-get update -qq
+  # A policy-rc.d that answers 101 keeps the packages' own services (mariadb on 3306,
+  # nginx on 80) from starting: the local stack runs private instances on those ports.
+  own_policy=0
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' | "${sudo_cmd[@]}" tee /usr/sbin/policy-rc.d >/dev/null
+    "${sudo_cmd[@]}" chmod +x /usr/sbin/policy-rc.d
+    own_policy=1
+  fi
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  [ "$own_policy" -eq 0 ] || "${sudo_cmd[@]}" rm -f /usr/sbin/policy-rc.d
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+stamp=.venv/.installed-$(cat requirements-dev.txt app/requirements.txt requirements.lock | sha256sum | cut -c1-16)
+if [ ! -f "$stamp" ]; then
+  .venv/bin/python -m pip install -q --upgrade "pip==$(grep '^pip==' requirements.lock | cut -d= -f3)"
+  .venv/bin/python -m pip install -q -r requirements-dev.txt -c requirements.lock
+  rm -f .venv/.installed-*
+  touch "$stamp"
+fi
