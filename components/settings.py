@@ -305,9 +305,11 @@ def parse(stack: str, raw: Mapping[str, str | None]) -> Settings:
     group = ReplicaGroup(name=DEFAULT_GROUP, count=replicas, weights=weights, resources=resources, model=model)
 
     serving = ServingSettings(
-        poll_interval_s=_float("pollIntervalSeconds", get("pollIntervalSeconds"), 0.5, 3600),
+        # Whole numbers: Pulumi's project config schema has no float type (string, integer,
+        # boolean, array), and neither knob needs sub-unit precision.
+        poll_interval_s=float(_int("pollIntervalSeconds", get("pollIntervalSeconds"), 1, 3600)),
         max_batch_size=_int("maxBatchSize", get("maxBatchSize"), 1, 4096),
-        max_batch_wait_ms=_float("maxBatchWaitMs", get("maxBatchWaitMs"), 0, 1000),
+        max_batch_wait_ms=float(_int("maxBatchWaitMs", get("maxBatchWaitMs"), 0, 1000)),
         max_queue=_int("maxQueue", get("maxQueue"), 1, 1_000_000),
         max_body_mb=_int("maxBodyMb", get("maxBodyMb"), 1, 1024),
         shutdown_grace_s=_int("shutdownGraceSeconds", get("shutdownGraceSeconds"), 1, 3600),
@@ -348,22 +350,35 @@ def parse(stack: str, raw: Mapping[str, str | None]) -> Settings:
     )
 
 
+def _all_project_config(project: str) -> dict[str, str]:
+    """Every key set for this project, whichever way Pulumi handed it over.
+
+    `pulumi.Config` only answers per-key reads, which would let a misspelled key pass
+    unnoticed. The Pulumi CLI hands a program its whole config as the JSON bag in
+    PULUMI_CONFIG (read by `get_config_env`); mocks and the automation API set it
+    in-process (`set_all_config`, the `CONFIG` context variable). Both are read, the
+    in-process values winning as they do in `pulumi.runtime.config.get_config`.
+    """
+    from pulumi.runtime import config as runtime_config
+
+    merged: dict[str, Any] = dict(runtime_config.get_config_env())
+    merged.update(runtime_config.CONFIG.get())
+    prefix = f"{project}:"
+    return {full_key[len(prefix):]: value for full_key, value in merged.items() if full_key.startswith(prefix)}
+
+
 def load() -> Settings:
-    """Read this stack's config through Pulumi. Called once, by __main__.py."""
+    """Read this stack's config through Pulumi. Called once, by __main__.py, before any resource."""
     import pulumi
 
-    config = pulumi.Config()
     project = pulumi.get_project()
-    # Pulumi only offers per-key reads; collect the ones set, so that unknown keys
-    # (typos) are caught too.
-    raw: dict[str, str | None] = {}
-    all_config: Mapping[str, str] = pulumi.runtime.get_config_env() if hasattr(pulumi.runtime, "get_config_env") else {}
-    prefix = f"{project}:"
-    for full_key in all_config:
-        if full_key.startswith(prefix):
-            raw[full_key[len(prefix):]] = config.get(full_key[len(prefix):])
+    config = pulumi.Config(project)
+    raw: dict[str, str | None] = {key: str(value) for key, value in _all_project_config(project).items()}
+    # Keys set one by one through PULUMI_CONFIG_<KEY> environment variables are not
+    # enumerable; pick up the known ones.
     for key in DEFAULTS:
-        value = config.get(key)
-        if value is not None:
-            raw[key] = value
+        if key not in raw:
+            value = config.get(key)
+            if value is not None:
+                raw[key] = value
     return parse(pulumi.get_stack(), raw)

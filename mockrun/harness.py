@@ -1,0 +1,342 @@
+"""The mock runner behind `mockrun.run_program` (see the package docstring)."""
+
+from __future__ import annotations
+
+import json
+import re
+import runpy
+import sys
+import threading
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROGRAM = PROJECT_ROOT / "__main__.py"
+
+CONTAINER = "docker:index/container:Container"
+IMAGE = "docker:index/image:Image"
+VOLUME = "docker:index/volume:Volume"
+NETWORK = "docker:index/network:Network"
+RANDOM_PASSWORD = "random:index/randomPassword:RandomPassword"
+DOCKER_PROVIDER = "pulumi:providers:docker"
+
+Path_ = tuple[str | int, ...]
+
+
+@dataclass(frozen=True)
+class DeclaredResource:
+    """One registered resource, as the engine would have received it."""
+
+    type: str
+    name: str
+    urn: str
+    custom: bool
+    inputs: dict[str, Any]  # plain Python; secret values unwrapped (see secret_paths)
+    secret_paths: frozenset[Path_]  # paths into `inputs` whose value was a secret
+    parent: str | None  # logical name of the parent (None: the stack)
+    parent_type: str | None
+    depends_on: tuple[str, ...]  # logical names of every dependency the SDK sent
+    protect: bool
+    delete_before_replace: bool
+    ignore_changes: tuple[str, ...]
+    replace_on_changes: tuple[str, ...]
+    retain_on_delete: bool
+    provider: str  # provider reference ("" = default provider)
+    custom_timeouts: dict[str, str]
+    component_outputs: dict[str, Any] = field(default_factory=dict)  # register_outputs of a component
+
+    def is_secret(self, *path: str | int) -> bool:
+        """True when the value at `path` (or something containing it) was a secret."""
+        return any(path[: len(p)] == p for p in self.secret_paths)
+
+    def secret_inputs(self) -> list[Path_]:
+        return sorted(self.secret_paths, key=str)
+
+
+@dataclass(frozen=True)
+class OutputValue:
+    value: Any
+    secret: bool
+
+
+@dataclass(frozen=True)
+class DeclaredStack:
+    stack: str
+    config: dict[str, str]  # "<project>:<key>" -> value as handed to the program
+    resources: tuple[DeclaredResource, ...]
+    outputs: dict[str, OutputValue]
+
+    def __iter__(self) -> Iterator[DeclaredResource]:
+        return iter(self.resources)
+
+    def __len__(self) -> int:
+        return len(self.resources)
+
+    def of_type(self, type_: str) -> list[DeclaredResource]:
+        return sorted((r for r in self.resources if r.type == type_), key=lambda r: _natural(r.name))
+
+    def containers(self) -> list[DeclaredResource]:
+        return self.of_type(CONTAINER)
+
+    def images(self) -> list[DeclaredResource]:
+        return self.of_type(IMAGE)
+
+    def components(self) -> list[DeclaredResource]:
+        return [r for r in self.resources if not r.custom and not r.type.startswith("pulumi:providers:")]
+
+    def children(self, parent: str) -> list[DeclaredResource]:
+        return sorted((r for r in self.resources if r.parent == parent), key=lambda r: _natural(r.name))
+
+    def by_name(self, name: str, type_: str | None = None) -> DeclaredResource:
+        """The one resource with this logical name (and type, when names repeat across types)."""
+        found = [r for r in self.resources if r.name == name and (type_ is None or r.type == type_)]
+        if len(found) != 1:
+            raise KeyError(
+                f"expected one resource named {name!r}{f' of type {type_}' if type_ else ''}, found {len(found)}; "
+                f"names: {sorted(r.name for r in self.resources)}"
+            )
+        return found[0]
+
+    def find(self, name: str, type_: str | None = None) -> DeclaredResource | None:
+        try:
+            return self.by_name(name, type_)
+        except KeyError:
+            return None
+
+    def replicas(self) -> list[DeclaredResource]:
+        """Replica containers (logical names replica-<i>), in index order."""
+        return [r for r in self.containers() if re.fullmatch(r"replica-\d+", r.name)]
+
+    def output(self, name: str) -> Any:
+        return self.outputs[name].value
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What `attempt` returns: the declared stack so far, and the error if the program failed."""
+
+    declared: DeclaredStack
+    error: BaseException | None
+
+
+def _natural(name: str) -> list[Any]:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def read_stack_config(stack: str, project_root: Path = PROJECT_ROOT) -> tuple[str, dict[str, Any]]:
+    """(project name, {key: value}) from Pulumi.yaml and Pulumi.<stack>.yaml, keys without the project prefix."""
+    project_doc = yaml.safe_load((project_root / "Pulumi.yaml").read_text())
+    project = str(project_doc["name"])
+    stack_file = project_root / f"Pulumi.{stack}.yaml"
+    if not stack_file.exists():
+        raise FileNotFoundError(f"no stack file {stack_file.name} in {project_root}")
+    stack_doc = yaml.safe_load(stack_file.read_text()) or {}
+    values: dict[str, Any] = {}
+    for full_key, value in (stack_doc.get("config") or {}).items():
+        namespace, _, key = str(full_key).partition(":")
+        if not key:  # a bare key belongs to the project, as the CLI reads it
+            namespace, key = project, namespace
+        if namespace == project:
+            values[key] = value
+    return project, values
+
+
+def _encode(value: Any) -> str:
+    """How the Pulumi CLI hands a config value to a Python program: strings raw, the rest JSON."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _plain(value: Any, path: Path_, secrets: set[Path_]) -> Any:
+    """Unwrap secrets (recording their paths) and turn integral floats back into ints."""
+    from pulumi.runtime import rpc
+
+    if rpc.is_rpc_secret(value):
+        secrets.add(path)
+        return _plain(rpc.unwrap_rpc_secret(value), path, secrets)
+    if isinstance(value, dict):
+        return {k: _plain(v, (*path, k), secrets) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v, (*path, i), secrets) for i, v in enumerate(value)]
+    if isinstance(value, float) and value.is_integer():
+        return int(value)  # the wire format has only floats
+    return value
+
+
+def _mock_state(type_: str, name: str, inputs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """Outputs a provider would add. Secrets are returned wrapped so that they stay secret."""
+    from pulumi.runtime import rpc
+
+    state = dict(inputs)
+    if type_ == RANDOM_PASSWORD:
+        state["result"] = rpc.wrap_rpc_secret(f"mock-password-{name}")
+    elif type_ == CONTAINER:
+        state.setdefault("name", name)
+        state["exitCode"] = 0
+    elif type_ == IMAGE:
+        image_name = str(state.get("imageName", name))
+        state["repoDigest"] = f"{image_name.rsplit(':', 1)[0]}@sha256:{'0' * 64}"
+    elif type_ in (VOLUME, NETWORK):
+        state.setdefault("name", name)
+    return f"{name}-id", state
+
+
+class _Recorder:
+    """A MockMonitor that also keeps what the SDK sent: parent, options, secretness."""
+
+    def __init__(self) -> None:
+        from pulumi.runtime.mocks import MockCallArgs, MockMonitor, MockResourceArgs, Mocks
+
+        recorder = self
+
+        class _Mocks(Mocks):
+            def new_resource(self, args: MockResourceArgs) -> tuple[str | None, dict[Any, Any]]:
+                return _mock_state(args.typ, args.name, args.inputs)
+
+            def call(self, args: MockCallArgs) -> tuple[dict[Any, Any], list[tuple[str, str]] | None]:
+                return {}, None
+
+        class _Monitor(MockMonitor):
+            def RegisterResource(self, request: Any) -> Any:  # noqa: N802 (gRPC method name)
+                response = super().RegisterResource(request)  # type: ignore[no-untyped-call]
+                if request.type != "pulumi:pulumi:Stack":
+                    recorder.record(request, response.urn)
+                return response
+
+            def RegisterResourceOutputs(self, request: Any) -> Any:  # noqa: N802
+                from pulumi.runtime import rpc
+
+                with recorder.lock:
+                    recorder.component_outputs[request.urn] = rpc.deserialize_properties(request.outputs)
+                return super().RegisterResourceOutputs(request)  # type: ignore[no-untyped-call]
+
+        self.lock = threading.Lock()
+        self.requests: list[tuple[str, Any]] = []
+        self.component_outputs: dict[str, Any] = {}
+        self.mocks = _Mocks()
+        self.monitor = _Monitor(self.mocks)
+
+    def record(self, request: Any, urn: str) -> None:
+        with self.lock:
+            self.requests.append((urn, request))
+
+    def declared(self, stack: str, config: dict[str, str], outputs: dict[str, OutputValue]) -> DeclaredStack:
+        from pulumi.runtime import rpc
+
+        with self.lock:
+            requests = list(self.requests)
+            component_outputs = dict(self.component_outputs)
+        names = {urn: (req.name, req.type) for urn, req in requests}
+        resources = []
+        for urn, req in requests:
+            secrets: set[Path_] = set()
+            inputs = _plain(rpc.deserialize_properties(req.object), (), secrets)
+            parent = names.get(req.parent)
+            timeouts = req.customTimeouts
+            resources.append(
+                DeclaredResource(
+                    type=req.type,
+                    name=req.name,
+                    urn=urn,
+                    custom=bool(req.custom),
+                    inputs=inputs,
+                    secret_paths=frozenset(secrets),
+                    parent=parent[0] if parent else None,
+                    parent_type=parent[1] if parent else None,
+                    depends_on=tuple(names[d][0] for d in req.dependencies if d in names),
+                    protect=bool(req.protect),
+                    delete_before_replace=bool(req.deleteBeforeReplace),
+                    ignore_changes=tuple(req.ignoreChanges),
+                    replace_on_changes=tuple(req.replaceOnChanges),
+                    retain_on_delete=bool(req.retainOnDelete),
+                    provider=req.provider,
+                    custom_timeouts={k: getattr(timeouts, k) for k in ("create", "update", "delete") if getattr(timeouts, k)},
+                    component_outputs=_plain(component_outputs.get(urn, {}), (), set()),
+                )
+            )
+        return DeclaredStack(stack=stack, config=config, resources=tuple(resources), outputs=outputs)
+
+
+_RUN_LOCK = threading.Lock()  # the Pulumi runtime is process-global: one program run at a time
+
+
+def attempt(
+    stack: str,
+    overrides: Mapping[str, object] | None = None,
+    *,
+    project_root: Path = PROJECT_ROOT,
+    preview: bool = False,
+) -> RunResult:
+    """Run the program under mocks; never raises for a program error, returns it instead.
+
+    Useful to assert that a failing program registered nothing.
+    """
+    import pulumi
+    from pulumi.runtime import settings as runtime_settings
+    from pulumi.runtime.mocks import set_mocks
+    from pulumi.runtime.stack import run_pulumi_func
+    from pulumi.runtime.sync_await import _sync_await
+
+    project, values = read_stack_config(stack, project_root)
+    for key, value in (overrides or {}).items():
+        if value is None:
+            values.pop(key, None)
+        else:
+            values[key] = value
+    config = {f"{project}:{key}": _encode(value) for key, value in values.items()}
+
+    with _RUN_LOCK:
+        recorder = _Recorder()
+        # A fresh root stack and settings bag per run; leftovers of an earlier (maybe failed)
+        # run must not leak into this one.
+        runtime_settings.ROOT.set(None)
+        set_mocks(recorder.mocks, project=project, stack=stack, preview=preview, monitor=recorder.monitor)
+        runtime_settings.SETTINGS.outputs.clear()
+        pulumi.runtime.set_all_config(config)
+        if str(project_root) not in sys.path:
+            sys.path.insert(0, str(project_root))
+
+        error: BaseException | None = None
+        outputs: dict[str, OutputValue] = {}
+
+        def program() -> None:
+            runpy.run_path(str(project_root / "__main__.py"), run_name="__main__")
+
+        try:
+            _sync_await(run_pulumi_func(program))
+            root = runtime_settings.get_root_resource()
+            exported = dict(getattr(root, "outputs", {}))
+
+            async def resolve() -> None:
+                for key, value in exported.items():
+                    out = pulumi.Output.from_input(value)
+                    resolved = await out.future()
+                    secret = await out.is_secret()
+                    outputs[key] = OutputValue(value=_plain(resolved, (), set()), secret=bool(secret))
+
+            _sync_await(run_pulumi_func(resolve))
+        except Exception as exc:
+            error = exc
+        declared = recorder.declared(stack, config, outputs)
+        runtime_settings.ROOT.set(None)
+    return RunResult(declared=declared, error=error)
+
+
+def run_program(
+    stack: str,
+    overrides: Mapping[str, object] | None = None,
+    *,
+    project_root: Path = PROJECT_ROOT,
+    preview: bool = False,
+) -> DeclaredStack:
+    """Run __main__.py under mocks for `stack` and return every registered resource and the outputs.
+
+    A program error (a `ConfigError` for bad config) is raised as it is.
+    """
+    result = attempt(stack, overrides, project_root=project_root, preview=preview)
+    if result.error is not None:
+        raise result.error
+    return result.declared
