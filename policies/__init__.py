@@ -1,0 +1,1 @@
+"""The mlserve CrossGuard policy pack: `rules` holds the checks, `__main__` serves them."""
