@@ -63,3 +63,9 @@ REPLICA_DOCKERFILE = "Dockerfile.replica"
 TRACKING_DOCKERFILE = "Dockerfile.mlflow"
 BUILD_ARG_VARIANT = "VARIANT"  # "cpu" (default) or "cuda"
 IMAGE_WORKDIR = "/srv"
+
+# Response headers of every /invocations answer: which replica and which model version
+# produced it (load tests attribute answers with them). X-Request-ID is echoed.
+HEADER_INSTANCE_ID = "X-Instance-ID"
+HEADER_MODEL_VERSION = "X-Model-Version"
+HEADER_REQUEST_ID = "X-Request-ID"

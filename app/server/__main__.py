@@ -1,0 +1,83 @@
+"""`python -m app.server`: one replica process (one worker; replicas scale by containers)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+from types import FrameType
+
+import uvicorn
+
+from app.server import config as config_mod
+from app.server import logs
+from app.server.asgi import ReplicaApp
+
+log = logging.getLogger("app.server")
+
+# Longer than any upstream keepalive_timeout nginx might use (default 60 s): if the
+# replica closed an idle connection first, nginx could send a POST into a closing
+# socket, and POSTs are not retried on another replica.
+KEEPALIVE_S = 75
+
+
+class _Server(uvicorn.Server):
+    """uvicorn, with readiness dropped the moment SIGTERM/SIGINT arrives."""
+
+    def __init__(self, config: uvicorn.Config, replica: ReplicaApp, grace_s: float) -> None:
+        super().__init__(config)
+        self.replica = replica
+        self.grace_s = grace_s
+        self._watchdog: threading.Timer | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self.replica.begin_drain()
+        if self._watchdog is None:
+            # The container is killed at the end of the grace period anyway; exiting
+            # ourselves first keeps the exit (and its log line) ours.
+            self._watchdog = threading.Timer(self.grace_s, _hard_exit)
+            self._watchdog.daemon = True
+            self._watchdog.start()
+        super().handle_exit(sig, frame)
+
+
+def _hard_exit() -> None:
+    log.error("shutdown grace period exhausted; exiting with requests still open")
+    logging.shutdown()
+    os._exit(1)
+
+
+def main() -> int:
+    try:
+        cfg = config_mod.from_env()
+    except config_mod.ConfigError as exc:
+        print(f"app.server: configuration error: {exc}", file=sys.stderr)
+        return 2
+    logs.setup(cfg.instance_id, cfg.log_level)
+    replica = ReplicaApp(cfg)
+    # uvicorn stops accepting, lets open requests finish for this long, then runs the
+    # lifespan shutdown; a little of the grace period is kept for that and for exiting.
+    drain_s = max(0.5, cfg.shutdown_grace_s - 1.0)
+    ucfg = uvicorn.Config(
+        replica,
+        host=cfg.bind_host,
+        port=cfg.port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        workers=1,
+        access_log=False,
+        log_config=None,
+        server_header=False,
+        date_header=False,
+        timeout_keep_alive=KEEPALIVE_S,
+        timeout_graceful_shutdown=int(drain_s) if drain_s >= 1 else 1,
+    )
+    server = _Server(ucfg, replica, max(1.0, cfg.shutdown_grace_s - 0.25))
+    server.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,384 @@
+"""The replica's HTTP interface, as a bare ASGI application.
+
+Bare ASGI rather than a framework: on one core the routing and request objects of a
+framework cost as much as scoring a small model, and the interface is six routes.
+
+Scoring runs off the event loop on one model thread. Requests the fast path can
+judge are queued as numpy rows and merged into micro-batches (up to
+`max_batch_size` rows, waiting at most `max_batch_wait_ms` for company); the rest
+run MLflow's own scoring code one by one on the same thread. Admission is bounded:
+past `max_queue` outstanding invocations the answer is 503 with Retry-After.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+
+from app import contract
+from app.server import logs
+from app.server.config import Config
+from app.server.manager import ModelManager
+from app.server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from app.server.metrics import Metrics
+from app.server.model import Answer, LoadedModel, NotFast, encode_predictions
+
+log = logging.getLogger("app.server")
+access = logging.getLogger("app.server.access")
+
+# Bodies above this are parsed on the model thread, not on the event loop.
+PARSE_ON_LOOP_MAX_BYTES = 64 * 1024
+RETRY_AFTER_S = "1"
+
+_H_CT = b"content-type"
+_H_JSON = b"application/json"
+_H_INSTANCE = contract.HEADER_INSTANCE_ID.lower().encode()
+_H_VERSION = contract.HEADER_MODEL_VERSION.lower().encode()
+_H_REQUEST = contract.HEADER_REQUEST_ID.lower().encode()
+
+
+def _error(code: str, message: str) -> bytes:
+    return orjson.dumps({"error_code": code, "message": message})
+
+
+@dataclass
+class _Item:
+    model: LoadedModel
+    future: asyncio.Future[Answer]
+    rows: np.ndarray | None  # fast path rows, or None: reference path on `body`
+    body: bytes
+    content_type: str | None
+    parsed: bool  # False: not yet tried on the fast path (large body)
+
+
+class Batcher:
+    def __init__(self, cfg: Config, metrics: Metrics) -> None:
+        self.max_rows = cfg.max_batch_size
+        self.max_wait = cfg.max_batch_wait_ms / 1000.0
+        self.metrics = metrics
+        self._queue: collections.deque[_Item] = collections.deque()
+        self._wakeup = asyncio.Event()
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+        self._task: asyncio.Task[None] | None = None
+
+    def submit(self, item: _Item) -> None:
+        self._queue.append(item)
+        self._wakeup.set()
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="batcher")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        for item in self._queue:
+            if not item.future.done():
+                item.future.set_result(Answer(503, _error("TEMPORARILY_UNAVAILABLE", "replica is shutting down")))
+        self._pool.shutdown(wait=True)
+
+    async def _gather(self) -> list[_Item]:
+        q = self._queue
+        while not q:
+            self._wakeup.clear()
+            await self._wakeup.wait()
+        first = q.popleft()
+        batch = [first]
+        if first.rows is None:
+            return batch
+        n = len(first.rows)
+        deadline = None
+        while n < self.max_rows:
+            if not q:
+                if self.max_wait <= 0:
+                    break
+                loop = asyncio.get_running_loop()
+                if deadline is None:
+                    deadline = loop.time() + self.max_wait
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                self._wakeup.clear()
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(), remaining)
+                except TimeoutError:
+                    break
+                continue
+            nxt = q[0]
+            if nxt.rows is None or nxt.model is not first.model or n + len(nxt.rows) > self.max_rows:
+                break
+            batch.append(q.popleft())
+            n += len(nxt.rows)
+        return batch
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._gather()
+            try:
+                answers, model_rows = await loop.run_in_executor(self._pool, _score, batch)
+            except Exception as exc:  # noqa: BLE001 - never leave a request hanging
+                log.exception("scoring failed")
+                answers, model_rows = [Answer(500, _error("INTERNAL_ERROR", repr(exc)))] * len(batch), 0
+            if model_rows:
+                self.metrics.batch_rows.observe(model_rows)
+                self.metrics.batch_requests.observe(len(batch))
+            for item, answer in zip(batch, answers):
+                if not item.future.done():
+                    item.future.set_result(answer)
+
+
+def _score(batch: list[_Item]) -> tuple[list[Answer], int]:
+    """On the model thread: one model call for a fast batch, else MLflow's scoring code.
+
+    Returns the answers and the rows of the fast model call (0: reference path)."""
+    first = batch[0]
+    m = first.model
+    if first.rows is None:
+        if not first.parsed:
+            try:
+                rows = m.parse_fast(first.body, first.content_type)
+                preds = m.predict_fast(rows)
+                if len(preds) == len(rows):
+                    return [Answer(200, encode_predictions(preds))], len(rows)
+            except Exception:  # noqa: BLE001 - NotFast or a model error: MLflow's path decides
+                pass
+        return [m.score_reference(first.body, first.content_type)], 0
+    rows = first.rows if len(batch) == 1 else np.concatenate([i.rows for i in batch])  # type: ignore[misc]
+    try:
+        preds = m.predict_fast(rows)
+        if len(preds) != len(rows):
+            raise NotFast
+    except Exception:  # noqa: BLE001 - one bad request must not fail its batch-mates
+        return [m.score_reference(i.body, i.content_type) for i in batch], 0
+    out = []
+    start = 0
+    for item in batch:
+        k = len(item.rows)  # type: ignore[arg-type]
+        out.append(Answer(200, encode_predictions(preds[start:start + k])))
+        start += k
+    return out, len(rows)
+
+
+class ReplicaApp:
+    def __init__(self, cfg: Config, manager: ModelManager | None = None, metrics: Metrics | None = None) -> None:
+        self.cfg = cfg
+        self.metrics = metrics or Metrics(cfg.instance_id, cfg.model_name, cfg.model_alias)
+        self.manager = manager or ModelManager(cfg, self.metrics)
+        self.batcher: Batcher | None = None
+        self.draining = False
+        self.pending = 0
+        self.served = 0  # invocations answered 200: the shutdown test compares it with the client's count
+        self._instance = cfg.instance_id.encode()
+        import mlflow.version
+
+        self._mlflow_version = mlflow.version.VERSION.encode()
+
+    # -- lifecycle ----------------------------------------------------------------------
+    async def startup(self) -> None:
+        self.batcher = Batcher(self.cfg, self.metrics)
+        self.batcher.start()
+        self.manager.start()
+        log.info("replica started", extra={"model_uri": self.cfg.model_uri, "port": self.cfg.port,
+                                           "max_batch_size": self.cfg.max_batch_size,
+                                           "max_batch_wait_ms": self.cfg.max_batch_wait_ms,
+                                           "max_queue": self.cfg.max_queue, "device_requested": self.cfg.device})
+
+    def begin_drain(self) -> None:
+        if not self.draining:
+            self.draining = True
+            log.info("draining: /ready answers 503, in-flight requests finish", extra={"pending": self.pending})
+
+    async def shutdown(self) -> None:
+        self.begin_drain()
+        await self.manager.stop()
+        if self.batcher is not None:
+            await self.batcher.stop()
+        log.info("replica stopped", extra={"served": self.served, "pending": self.pending})
+
+    # -- ASGI -------------------------------------------------------------------------
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            while True:
+                msg = await receive()
+                if msg["type"] == "lifespan.startup":
+                    try:
+                        await self.startup()
+                    except Exception as exc:  # noqa: BLE001
+                        await send({"type": "lifespan.startup.failed", "message": repr(exc)})
+                        return
+                    await send({"type": "lifespan.startup.complete"})
+                elif msg["type"] == "lifespan.shutdown":
+                    await self.shutdown()
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+
+    async def _http(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        start = time.perf_counter()
+        path = scope["path"]
+        method = scope["method"]
+        rid = None
+        ct = None
+        clen = None
+        for k, v in scope["headers"]:
+            if k == b"content-type":
+                ct = v.decode("latin-1")
+            elif k == b"x-request-id":
+                rid = v.decode("latin-1")[:200]
+            elif k == b"content-length":
+                clen = v
+        if rid is None:
+            rid = os.urandom(8).hex()
+        token = logs.request_id.set(rid)
+        status = 500  # what the client sees if anything below raises
+        try:
+            if path == contract.ROUTE_INVOCATIONS:
+                if method != "POST":
+                    status, body, ctype, extra = 405, b'{"detail":"Method Not Allowed"}', _H_JSON, []
+                else:
+                    status, body, ctype, extra = await self._invocations(receive, ct, clen)
+            elif method not in ("GET", "HEAD") or path not in self._GET_ROUTES:
+                status, body, ctype, extra = 404, b'{"detail":"Not Found"}', _H_JSON, []
+                if path in self._GET_ROUTES:
+                    status, body = 405, b'{"detail":"Method Not Allowed"}'
+            else:
+                status, body, ctype, extra = self._GET_ROUTES[path](self)
+            headers = [(_H_CT, ctype), (b"content-length", str(len(body)).encode()),
+                       (_H_INSTANCE, self._instance), (_H_REQUEST, rid.encode("latin-1"))]
+            headers.extend(extra)
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": b"" if method == "HEAD" else body})
+        finally:
+            elapsed = time.perf_counter() - start
+            self.metrics.observe(path if path in self._KNOWN else "other", status, elapsed)
+            st = status
+            if st >= 400 or access.isEnabledFor(logging.DEBUG):
+                access.log(logging.DEBUG if st < 400 else logging.INFO, "request",
+                           extra={"method": method, "path": path, "status": st, "ms": round(elapsed * 1000, 3)})
+            logs.request_id.reset(token)
+
+    async def _read_body(self, receive: Any, clen: bytes | None) -> bytes | None:
+        limit = self.cfg.max_body_bytes
+        if clen is not None:
+            try:
+                if int(clen) > limit:
+                    return None
+            except ValueError:
+                pass
+        msg = await receive()
+        body = msg.get("body", b"")
+        if not msg.get("more_body", False):
+            return body if len(body) <= limit else None
+        parts = [body]
+        size = len(body)
+        while msg.get("more_body", False):
+            msg = await receive()
+            chunk = msg.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                return None
+            parts.append(chunk)
+        return b"".join(parts)
+
+    async def _invocations(self, receive: Any, ct: str | None, clen: bytes | None) -> tuple[int, bytes, bytes, list[tuple[bytes, bytes]]]:
+        m = self.manager.current
+        if m is None or self.batcher is None:
+            return 503, _error("TEMPORARILY_UNAVAILABLE", f"no model loaded yet for {self.cfg.model_uri}; see {contract.ROUTE_HEALTH}"), _H_JSON, [(b"retry-after", RETRY_AFTER_S.encode())]
+        if self.pending >= self.cfg.max_queue:
+            self.metrics.rejected.inc()
+            return 503, _error("TEMPORARILY_UNAVAILABLE", f"queue full ({self.cfg.max_queue} requests outstanding); retry later"), _H_JSON, [(b"retry-after", RETRY_AFTER_S.encode())]
+        self.pending += 1
+        self.metrics.in_flight.inc()
+        try:
+            body = await self._read_body(receive, clen)
+            if body is None:
+                return 413, _error("REQUEST_LIMIT_EXCEEDED", f"request body exceeds {self.cfg.max_body_bytes} bytes ({contract.ENV_MAX_BODY_BYTES})"), _H_JSON, []
+            fut: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+            rows = None
+            parsed = False
+            if len(body) <= PARSE_ON_LOOP_MAX_BYTES:
+                parsed = True
+                try:
+                    rows = m.parse_fast(body, ct)
+                except NotFast:
+                    rows = None
+            self.batcher.submit(_Item(m, fut, rows, body, ct, parsed))
+            ans = await fut
+        finally:
+            self.pending -= 1
+            self.metrics.in_flight.dec()
+        if ans.status == 200:
+            self.served += 1
+        return ans.status, ans.body, ans.content_type.encode(), [(_H_VERSION, m.version.encode())]
+
+    # -- GET routes -------------------------------------------------------------------
+    def _ping(self) -> tuple[int, bytes, bytes, list[tuple[bytes, bytes]]]:
+        # As `mlflow models serve`: healthy means a model is loaded.
+        return (200 if self.manager.current is not None else 503), b"\n", _H_JSON, []
+
+    def _ready(self) -> tuple[int, bytes, bytes, list[tuple[bytes, bytes]]]:
+        ok = self.manager.current is not None and not self.draining
+        state = self.state()
+        return (200 if ok else 503), orjson.dumps({"ready": ok, "state": state}), _H_JSON, []
+
+    def state(self) -> str:
+        if self.draining:
+            return "draining"
+        if self.manager.current is None:
+            return "error" if self.manager.last_error is not None else "loading"
+        return "ready" if self.manager.last_error is None else "degraded"
+
+    def _health(self) -> tuple[int, bytes, bytes, list[tuple[bytes, bytes]]]:
+        mgr = self.manager
+        cur = mgr.current
+        err = mgr.last_error
+        doc = {
+            "instance_id": self.cfg.instance_id,
+            "state": self.state(),
+            "model": {
+                "name": self.cfg.model_name,
+                "alias": self.cfg.model_alias,
+                "uri": self.cfg.model_uri,
+                "version": cur.version if cur else None,
+                "alias_version": mgr.alias_version,
+                "flavor": cur.flavor if cur else None,
+                "fast_path": (cur.fast is not None) if cur else None,
+                "loaded_at": cur.loaded_at if cur else None,
+            },
+            "device": cur.device if cur else None,
+            "device_requested": self.cfg.device,
+            "last_error": {"version": err.version, "message": err.message, "at": err.at} if err else None,
+            "last_registry_check": mgr.last_check,
+            "pending": self.pending,
+        }
+        return 200, orjson.dumps(doc), _H_JSON, []
+
+    def _version(self) -> tuple[int, bytes, bytes, list[tuple[bytes, bytes]]]:
+        return 200, self._mlflow_version, _H_JSON, []
+
+    def _metrics(self) -> tuple[int, bytes, bytes, list[tuple[bytes, bytes]]]:
+        return 200, self.metrics.render(), METRICS_CONTENT_TYPE.encode(), []
+
+    _GET_ROUTES = {
+        contract.ROUTE_PING: _ping,
+        contract.ROUTE_HEALTH: _health,
+        contract.ROUTE_READY: _ready,
+        contract.ROUTE_VERSION: _version,
+        contract.ROUTE_METRICS: _metrics,
+    }
+    _KNOWN = frozenset([*_GET_ROUTES, contract.ROUTE_INVOCATIONS])

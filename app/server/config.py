@@ -1,0 +1,93 @@
+"""Replica configuration, read once from the environment (names in `app.contract`)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from app import contract
+
+# Used only when the replica runs outside the stack: the Pulumi program always
+# sets every variable from the validated stack settings.
+DEFAULT_POLL_INTERVAL_S = 10.0
+DEFAULT_MAX_BATCH_SIZE = 32
+DEFAULT_MAX_BATCH_WAIT_MS = 2.0
+DEFAULT_MAX_QUEUE = 1024
+DEFAULT_MAX_BODY_BYTES = 16 * 2**20
+DEFAULT_SHUTDOWN_GRACE_S = 30.0
+
+
+class ConfigError(ValueError):
+    """A bad environment variable; the message names it."""
+
+
+@dataclass(frozen=True)
+class Config:
+    tracking_uri: str
+    model_name: str
+    model_alias: str
+    instance_id: str
+    bind_host: str
+    port: int
+    poll_interval_s: float
+    max_batch_size: int
+    max_batch_wait_ms: float
+    max_queue: int
+    max_body_bytes: int
+    device: str
+    shutdown_grace_s: float
+    log_level: str
+
+    @property
+    def model_uri(self) -> str:
+        return f"models:/{self.model_name}@{self.model_alias}"
+
+
+def _num(env: Mapping[str, str], name: str, default: float, lo: float, hi: float, integer: bool = False) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw) if integer else float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be {'an integer' if integer else 'a number'}, got {raw!r}") from None
+    if not lo <= value <= hi:
+        raise ConfigError(f"{name} must be between {lo} and {hi}, got {raw!r}")
+    return value
+
+
+def _required(env: Mapping[str, str], name: str) -> str:
+    value = env.get(name, "").strip()
+    if not value:
+        raise ConfigError(f"{name} must be set")
+    return value
+
+
+def from_env(env: Mapping[str, str] | None = None) -> Config:
+    env = os.environ if env is None else env
+    device = env.get(contract.ENV_DEVICE, contract.DEVICE_AUTO).strip().lower() or contract.DEVICE_AUTO
+    if device not in (contract.DEVICE_AUTO, contract.DEVICE_CPU, contract.DEVICE_CUDA):
+        raise ConfigError(
+            f"{contract.ENV_DEVICE} must be one of {contract.DEVICE_AUTO}|{contract.DEVICE_CPU}|{contract.DEVICE_CUDA}, got {device!r}"
+        )
+    level = env.get(contract.ENV_LOG_LEVEL, "info").strip().lower() or "info"
+    if level not in ("debug", "info", "warning", "error", "critical"):
+        raise ConfigError(f"{contract.ENV_LOG_LEVEL} must be debug|info|warning|error|critical, got {level!r}")
+    return Config(
+        tracking_uri=_required(env, contract.ENV_TRACKING_URI),
+        model_name=_required(env, contract.ENV_MODEL_NAME),
+        model_alias=_required(env, contract.ENV_MODEL_ALIAS),
+        instance_id=env.get(contract.ENV_INSTANCE_ID, "").strip() or socket.gethostname(),
+        bind_host=env.get(contract.ENV_BIND_HOST, "").strip() or "0.0.0.0",
+        port=int(_num(env, contract.ENV_PORT, contract.REPLICA_PORT, 1, 65535, integer=True)),
+        poll_interval_s=_num(env, contract.ENV_POLL_INTERVAL_S, DEFAULT_POLL_INTERVAL_S, 0.05, 86400),
+        max_batch_size=int(_num(env, contract.ENV_MAX_BATCH_SIZE, DEFAULT_MAX_BATCH_SIZE, 1, 1 << 20, integer=True)),
+        max_batch_wait_ms=_num(env, contract.ENV_MAX_BATCH_WAIT_MS, DEFAULT_MAX_BATCH_WAIT_MS, 0, 10_000),
+        max_queue=int(_num(env, contract.ENV_MAX_QUEUE, DEFAULT_MAX_QUEUE, 1, 1 << 24, integer=True)),
+        max_body_bytes=int(_num(env, contract.ENV_MAX_BODY_BYTES, DEFAULT_MAX_BODY_BYTES, 1, 1 << 40, integer=True)),
+        device=device,
+        shutdown_grace_s=_num(env, contract.ENV_SHUTDOWN_GRACE_S, DEFAULT_SHUTDOWN_GRACE_S, 0, 86400),
+        log_level=level,
+    )

@@ -1,0 +1,282 @@
+"""One loaded model version, and the two ways of scoring a request with it.
+
+The *reference path* is MLflow's own scoring code (`mlflow.pyfunc.scoring_server.invocations`)
+run on the pyfunc model: whatever `mlflow models serve` answers, including every error
+message and status code, this answers too.
+
+The *fast path* skips pandas and pyfunc's schema enforcement for the requests where the
+outcome is known in advance: a scikit-learn model whose signature is only `double`/`long`
+columns, a JSON body with exactly one format key, no `params`, the signature's columns
+exactly, and plain numbers of the right kind. Those rows are stacked into one numpy array
+per micro-batch and handed to the estimator's own prediction method, the one pyfunc would
+call. Anything else (a bool, a null, an extra key, an odd content type) is not judged
+here: it takes the reference path, so error answers are MLflow's by construction.
+The conformance tests compare both paths against `mlflow models serve`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+
+from app import contract
+
+log = logging.getLogger("app.server.model")
+
+CONTENT_TYPE_JSON = "application/json"
+_FORMAT_KEYS = ("dataframe_split", "dataframe_records", "instances", "inputs")
+# MLflow column types the fast path reproduces exactly: what numpy builds from JSON
+# numbers is what pyfunc's enforcement converts them to.
+_FAST_TYPES = {"double": np.float64, "long": np.int64}
+
+
+class NotFast(Exception):
+    """The request is not one the fast path can judge; take the reference path."""
+
+
+@dataclass
+class Answer:
+    status: int
+    body: bytes
+    content_type: str = "application/json"
+
+
+@dataclass
+class FastSpec:
+    columns: tuple[str, ...]
+    index: dict[str, int]
+    dtype: Any  # np.float64 or np.int64, one for all columns
+    predict: Callable[[Any], Any]
+    frame_columns: list[str] | None  # the estimator was fitted on a DataFrame: give it one
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    version: str
+    alias: str
+    uri: str
+    device: str
+    flavor: str
+    pyfunc: Any
+    input_schema: Any
+    fast: FastSpec | None
+    loaded_at: float = field(default_factory=time.time)
+
+    # ---- reference path -------------------------------------------------------------
+    def score_reference(self, body: bytes, content_type: str | None) -> Answer:
+        """MLflow's scoring function on this model, as `mlflow models serve` runs it."""
+        from mlflow.exceptions import MlflowException
+        from mlflow.pyfunc import scoring_server
+
+        try:
+            res = scoring_server.invocations(body, content_type, self.pyfunc, self.input_schema)
+        except MlflowException as e:
+            return Answer(e.get_http_status_code(), e.serialize_as_json().encode())
+        except Exception:  # noqa: BLE001 - MLflow's server lets these escape as a bare 500
+            log.warning("unexpected error in reference scoring", extra={"exc_text": traceback.format_exc(limit=5)})
+            return Answer(500, b"Internal Server Error", "text/plain; charset=utf-8")
+        return Answer(res.status, res.response.encode() if isinstance(res.response, str) else res.response, res.mimetype)
+
+    # ---- fast path ----------------------------------------------------------------
+    def parse_fast(self, body: bytes, content_type: str | None) -> np.ndarray:
+        """Rows of a request as a 2-D array in signature order, or NotFast."""
+        spec = self.fast
+        if spec is None or content_type != CONTENT_TYPE_JSON:
+            raise NotFast
+        try:
+            doc = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise NotFast from None
+        if type(doc) is not dict or len(doc) != 1:
+            raise NotFast
+        (key, payload), = doc.items()
+        ncol = len(spec.columns)
+        if key == "dataframe_split":
+            if type(payload) is not dict or payload.keys() != {"columns", "data"}:
+                raise NotFast
+            cols, data = payload["columns"], payload["data"]
+            if type(cols) is not list or type(data) is not list or not data:
+                raise NotFast
+            if cols == list(spec.columns):
+                rows = data
+            else:
+                if len(cols) != ncol or set(cols) != spec.index.keys():
+                    raise NotFast
+                order = [cols.index(c) for c in spec.columns]
+                rows = [[r[i] for i in order] if type(r) is list and len(r) == ncol else None for r in data]
+            for r in rows:
+                if type(r) is not list or len(r) != ncol:
+                    raise NotFast
+        elif key in ("dataframe_records", "instances", "inputs"):
+            if type(payload) is list:
+                if not payload:
+                    raise NotFast
+                rows = []
+                for rec in payload:
+                    if type(rec) is not dict or len(rec) != ncol:
+                        raise NotFast
+                    try:
+                        rows.append([rec[c] for c in spec.columns])
+                    except KeyError:
+                        raise NotFast from None
+            elif type(payload) is dict and key != "dataframe_records":
+                # Columnar {"col": [values]}: what TF-serving style clients send.
+                if payload.keys() != spec.index.keys():
+                    raise NotFast
+                cols = [payload[c] for c in spec.columns]
+                if any(type(c) is not list for c in cols):
+                    raise NotFast
+                n = len(cols[0])
+                if n == 0 or any(len(c) != n for c in cols):
+                    raise NotFast
+                rows = [list(r) for r in zip(*cols)]
+            else:
+                raise NotFast
+        else:
+            raise NotFast
+        allowed = (int, float) if spec.dtype is np.float64 else (int,)
+        for r in rows:
+            for v in r:
+                if type(v) not in allowed:  # excludes bool, None, str, nested lists
+                    raise NotFast
+        try:
+            arr = np.array(rows, dtype=spec.dtype)
+        except (OverflowError, ValueError):
+            raise NotFast from None
+        if arr.ndim != 2 or arr.shape[1] != ncol:
+            raise NotFast
+        return arr
+
+    def predict_fast(self, rows: np.ndarray) -> np.ndarray:
+        spec = self.fast
+        assert spec is not None
+        x: Any = rows
+        if spec.frame_columns is not None:
+            import pandas as pd
+
+            x = pd.DataFrame(rows, columns=spec.frame_columns)
+        out = spec.predict(x)
+        if isinstance(out, np.ndarray):
+            return out
+        # Pandas outputs would be serialised by MLflow differently from a plain array.
+        raise NotFast
+
+
+def encode_predictions(preds: np.ndarray) -> bytes:
+    """`{"predictions": ...}` as MLflow writes it for a numpy result."""
+    if preds.dtype.kind == "f" and not np.isfinite(preds).all():
+        # MLflow writes NaN/Infinity literals (Python's json); orjson would write null.
+        from mlflow.utils.proto_json_utils import NumpyEncoder
+
+        return json.dumps({"predictions": preds.tolist()}, cls=NumpyEncoder).encode()
+    if preds.dtype.kind in "fiub":
+        return orjson.dumps({"predictions": preds.tolist()})
+    # Strings and objects: let MLflow's encoder decide, exactly.
+    from mlflow.utils.proto_json_utils import NumpyEncoder, _get_jsonable_obj
+
+    return json.dumps({"predictions": _get_jsonable_obj(preds, pandas_orient="records")}, cls=NumpyEncoder).encode()
+
+
+# ---- loading ----------------------------------------------------------------------------
+
+
+def resolve_device(requested: str, flavors: Sequence[str], cuda_available: Callable[[], bool]) -> str:
+    """Where the model goes: only PyTorch models can use a GPU here.
+
+    `cuda_available` is only called for PyTorch models, so torch is imported lazily
+    and a CPU image without torch never needs it.
+    """
+    if "pytorch" not in flavors:
+        return contract.DEVICE_CPU
+    if requested == contract.DEVICE_CPU:
+        return contract.DEVICE_CPU
+    available = cuda_available()
+    if requested == contract.DEVICE_CUDA and not available:
+        raise RuntimeError(f"{contract.ENV_DEVICE}=cuda but torch sees no CUDA device")
+    return contract.DEVICE_CUDA if available else contract.DEVICE_CPU
+
+
+def _torch_cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def _fast_spec(pyfunc: Any) -> FastSpec | None:
+    if getattr(pyfunc, "loader_module", None) != "mlflow.sklearn":
+        return None
+    meta = pyfunc.metadata
+    schema = meta.get_input_schema()
+    if schema is None or schema.is_tensor_spec() or not schema.has_input_names():
+        return None
+    if meta.get_params_schema() is not None or meta._is_signature_from_type_hint():
+        return None
+    types = {str(getattr(c.type, "name", c.type)) for c in schema.inputs}
+    if len(types) != 1 or not types <= _FAST_TYPES.keys() or not all(c.required for c in schema.inputs):
+        return None
+    columns = tuple(schema.input_names())
+    impl = pyfunc._model_impl
+    estimator = getattr(impl, "sklearn_model", None)
+    if estimator is None:
+        return None
+    bound = pyfunc._predict_fn
+    # The wrapper's own `predict` only forwards to the estimator's; a custom
+    # `pyfunc_predict_fn` (predict_proba, ...) is already the estimator's method.
+    predict = estimator.predict if getattr(bound, "__func__", None) is type(impl).predict else bound
+    names = getattr(estimator, "feature_names_in_", None)
+    frame_columns = None
+    if names is not None:
+        if tuple(names) != columns:
+            return None
+        frame_columns = list(columns)
+    (t,) = types
+    return FastSpec(columns, {c: i for i, c in enumerate(columns)}, _FAST_TYPES[t], predict, frame_columns)
+
+
+def load(name: str, version: str, alias: str, requested_device: str) -> LoadedModel:
+    """Load one registry version (by number, so a concurrent alias move cannot mix versions)."""
+    import mlflow.pyfunc
+    from mlflow.models import Model
+
+    uri = f"models:/{name}/{version}"
+    local = mlflow.artifacts.download_artifacts(artifact_uri=uri)
+    flavors = list(Model.load(local).flavors)
+    device = resolve_device(requested_device, flavors, _torch_cuda_available)
+    config = {"device": device} if "pytorch" in flavors else None
+    pyfunc = mlflow.pyfunc.load_model(local, model_config=config)
+    flavor = next((f for f in flavors if f != "python_function"), "python_function")
+    model = LoadedModel(
+        name=name, version=str(version), alias=alias, uri=uri, device=device, flavor=flavor, pyfunc=pyfunc,
+        input_schema=pyfunc.metadata.get_input_schema(), fast=_fast_spec(pyfunc),
+    )
+    warm_up(model)
+    return model
+
+
+def warm_up(model: LoadedModel) -> None:
+    """Score once before taking traffic, so the first user does not pay for lazy imports
+    and so a model that loads but cannot predict never replaces one that can."""
+    example = None
+    try:
+        example = model.pyfunc.input_example
+    except Exception:  # noqa: BLE001 - no example is fine
+        example = None
+    if model.fast is not None:
+        row = np.zeros((1, len(model.fast.columns)), dtype=model.fast.dtype)
+        model.predict_fast(row)
+        import pandas as pd
+
+        model.pyfunc.predict(pd.DataFrame(row, columns=list(model.fast.columns)))
+    elif example is not None:
+        model.pyfunc.predict(example)
