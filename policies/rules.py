@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
+from app import contract
+
 CONTAINER = "docker:index/container:Container"
 IMAGE = "docker:index/image:Image"
 REMOTE_IMAGE = "docker:index/remoteImage:RemoteImage"
@@ -30,10 +32,11 @@ RANDOM_PASSWORD = "random:index/randomPassword:RandomPassword"
 BALANCER_COMPONENT = "mlserve:stack:Balancer"
 REPLICA_NAME = re.compile(r"replica-\d+")  # logical names of replicas: replica-<i>
 
-# The replica image's build argument that selects CUDA, and the value that does.
-VARIANT_BUILD_ARG = "VARIANT"
-CUDA_VARIANT = "cuda"
-DEVICE_ENV = "MLSERVE_DEVICE"
+# The replica image's build argument that selects CUDA, the value that does, and the env
+# var that tells a replica which device to use (all three agreed on in app/contract.py).
+VARIANT_BUILD_ARG = contract.BUILD_ARG_VARIANT
+CUDA_VARIANT = contract.DEVICE_CUDA
+DEVICE_ENV = contract.ENV_DEVICE
 
 # The stacks treated as production unless the pack's config says otherwise.
 DEFAULT_PROD_STACKS = ("prod",)
@@ -286,32 +289,35 @@ def _credential_parts(name: str, value: str) -> list[str]:
     return parts
 
 
-def generated_secrets(resources: Iterable[Resource]) -> set[str] | None:
-    """Results of the stack's RandomPasswords; None if one is not known yet."""
+def generated_secrets(resources: Iterable[Resource]) -> set[str]:
+    """The known results of the stack's RandomPasswords.
+
+    One whose result is not known yet (a new password, at preview) adds nothing: whatever is
+    computed from it is not known either, so a credential that *is* known can only come from
+    a known result, or be a literal.
+    """
     values: set[str] = set()
     for resource in resources:
         if resource.type != RANDOM_PASSWORD:
             continue
         result = resource.props.get("result")
-        if result is None or is_unknown(result):
-            return None
-        values.add(str(result))
+        if result is not None and not is_unknown(result):
+            values.add(str(result))
     return values
 
 
 def no_literal_passwords(resources: Sequence[Resource], context: Context) -> list[Violation]:
     """Every credential in a container's env is a generated secret (RandomPassword), kept secret.
 
-    `generated` comes from the RandomPassword resources of the same stack (their `result`);
-    where it is not known yet (first preview), values that are known are not judged by it.
-    Where secretness is known (under mocks) a credential must also be a secret input.
+    A credential is the value of a variable named like one (PASSWORD, SECRET, TOKEN, *_KEY,
+    MC_HOST_*) or the password of a URL (scheme://user:password@host). Its value must be the
+    result of one of the stack's RandomPasswords; where secretness is known (under mocks),
+    the env entry must also be a secret input.
     """
     generated = generated_secrets(resources)
     found = []
     for resource in resources:
         if resource.type != CONTAINER:
-            continue
-        if is_unknown(resource.props.get("envs")):
             continue
         for index, name, value in _env(resource):
             if is_unknown(value):
@@ -319,7 +325,7 @@ def no_literal_passwords(resources: Sequence[Resource], context: Context) -> lis
             parts = _credential_parts(name, value)
             if not parts:
                 continue
-            if generated is not None and not set(parts) <= generated:
+            if not set(parts) <= generated:
                 found.append(
                     _violation(
                         resource,
