@@ -1,8 +1,22 @@
-"""mlserve: the whole serving stack as components, driven by validated stack config."""
+"""mlserve: the whole serving stack on a Docker host, driven by validated stack config.
+
+Config is read and validated once (components/settings.py) before any resource exists;
+an invalid value stops the program with a message naming the key.
+"""
 
 import pulumi
 
-from components import settings as settings_module
+from components import settings as config
+from components.stack import declare, entry_url, mlflow_url
 
-settings = settings_module.load()
-pulumi.export("stack", settings.stack)
+settings = config.load()
+stack = declare(settings)
+
+pulumi.export("entryUrl", entry_url(settings))
+pulumi.export("mlflowUrl", mlflow_url(settings))
+pulumi.export("replicaNames", stack.replicas.names)
+pulumi.export("networkName", stack.network.name)
+pulumi.export("mysqlPassword", pulumi.Output.secret(stack.metadata.password))
+pulumi.export("mysqlRootPassword", pulumi.Output.secret(stack.metadata.root_password))
+pulumi.export("minioAccessKey", stack.artifacts.access_key)
+pulumi.export("minioSecretKey", pulumi.Output.secret(stack.artifacts.secret_key))

@@ -22,6 +22,7 @@ IMAGE = "docker:index/image:Image"
 VOLUME = "docker:index/volume:Volume"
 NETWORK = "docker:index/network:Network"
 RANDOM_PASSWORD = "random:index/randomPassword:RandomPassword"
+RANDOM_STRING = "random:index/randomString:RandomString"
 DOCKER_PROVIDER = "pulumi:providers:docker"
 
 Path_ = tuple[str | int, ...]
@@ -173,6 +174,8 @@ def _mock_state(type_: str, name: str, inputs: dict[str, Any]) -> tuple[str, dic
     state = dict(inputs)
     if type_ == RANDOM_PASSWORD:
         state["result"] = rpc.wrap_rpc_secret(f"mock-password-{name}")
+    elif type_ == RANDOM_STRING:
+        state["result"] = f"mock-string-{name}"
     elif type_ == CONTAINER:
         state.setdefault("name", name)
         state["exitCode"] = 0

