@@ -196,12 +196,12 @@ def _credential_entry(declared: DeclaredStack) -> tuple[DeclaredResource, int, s
     raise AssertionError("no container gets a password through its env")
 
 
-def _url_entry(declared: DeclaredStack) -> tuple[DeclaredResource, int, str]:
+def _url_entry(declared: DeclaredStack) -> tuple[DeclaredResource, int, str, str]:
     for container in declared.containers():
         for index, entry in enumerate(container.inputs.get("envs", [])):
             name, _, value = str(entry).partition("=")
             if "://" in value and rules._credential_parts(name, value):
-                return container, index, value
+                return container, index, name, value
     raise AssertionError("no container gets a URL with a password through its env")
 
 
@@ -220,17 +220,17 @@ def test_literal_password_fires(stack: str) -> None:
 
 def test_literal_password_in_a_url_fires() -> None:
     declared = declared_stack("prod")
-    container, index, value = _url_entry(declared)
+    container, index, name, value = _url_entry(declared)
 
     def literal(r: DeclaredResource) -> DeclaredResource:
         envs = list(r.inputs["envs"])
         scheme, rest = value.split("://", 1)
         userinfo, host = rest.split("@", 1)
-        envs[index] = f"{scheme}://{userinfo.split(':', 1)[0]}:changeme@{host}"
+        envs[index] = f"{name}={scheme}://{userinfo.split(':', 1)[0]}:changeme@{host}"
         return with_inputs(r, envs=envs)
 
     found = violations("no-literal-passwords", mutated(declared, container.name, literal), "prod")
-    assert_fires(found, container.name, "literal credential")
+    assert_fires(found, container.name, f"env {name} holds a literal credential")
 
 
 def test_generated_password_not_kept_secret_fires() -> None:
