@@ -102,6 +102,17 @@ class DeclaredStack:
             )
         return found[0]
 
+    def container(self, name: str) -> DeclaredResource:
+        """The Docker container with this logical name (a component may share the name)."""
+        return self.by_name(name, CONTAINER)
+
+    def component(self, name: str) -> DeclaredResource:
+        """The component resource with this logical name."""
+        found = [r for r in self.components() if r.name == name]
+        if len(found) != 1:
+            raise KeyError(f"expected one component named {name!r}, found {len(found)}")
+        return found[0]
+
     def find(self, name: str, type_: str | None = None) -> DeclaredResource | None:
         try:
             return self.by_name(name, type_)

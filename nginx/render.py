@@ -67,6 +67,7 @@ _LOG_FIELDS = (
     ("upstream_connect_time", "$upstream_connect_time"),
     ("upstream_header_time", "$upstream_header_time"),
     ("upstream_response_time", "$upstream_response_time"),
+    ("instance", f"$upstream_http_{contract.HEADER_INSTANCE_ID.lower().replace('-', '_')}"),
 )
 
 
@@ -143,7 +144,7 @@ def render(settings: Settings, listen_host: str | None = None) -> str:
         "            proxy_http_version 1.1;",
         '            proxy_set_header Connection "";',
         "            proxy_set_header Host $host;",
-        "            proxy_set_header X-Request-ID $request_id;",
+        f"            proxy_set_header {contract.HEADER_REQUEST_ID} $request_id;",
         "            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;",
         f"            proxy_connect_timeout {balancer.connect_timeout_s}s;",
         f"            proxy_send_timeout {balancer.read_timeout_s}s;",

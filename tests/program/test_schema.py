@@ -1,0 +1,77 @@
+"""Pulumi.yaml's config schema, settings.DEFAULTS and the stack files agree."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from components import settings
+from mockrun import PROJECT_ROOT, read_stack_config
+
+SCHEMA_TYPES = {"string": str, "integer": int, "boolean": bool, "array": list}
+
+
+def project() -> dict[str, Any]:
+    return yaml.safe_load((PROJECT_ROOT / "Pulumi.yaml").read_text())
+
+
+def test_project_runtime_is_python_with_venv_and_pip() -> None:
+    doc = project()
+    assert doc["name"] == "mlserve"
+    assert doc["runtime"] == {"name": "python", "options": {"toolchain": "pip", "virtualenv": ".venv"}}
+
+
+def test_schema_declares_exactly_the_keys_of_settings() -> None:
+    assert set(project()["config"]) == set(settings.DEFAULTS)
+
+
+@pytest.mark.parametrize("key", sorted(settings.DEFAULTS))
+def test_schema_entry_matches_defaults(key: str) -> None:
+    entry = project()["config"][key]
+    assert entry["type"] in SCHEMA_TYPES, f"{key}: Pulumi knows only {sorted(SCHEMA_TYPES)}"
+    assert len(entry.get("description", "")) > 20, f"{key} needs a description"
+    default = settings.DEFAULTS[key]
+    if default is None:
+        assert "default" not in entry, f"{key} is optional in settings but has a default in Pulumi.yaml"
+    else:
+        assert entry.get("default") == default, f"{key}: Pulumi.yaml says {entry.get('default')!r}, settings {default!r}"
+        assert isinstance(default, SCHEMA_TYPES[entry["type"]]), f"{key}: default {default!r} is not a {entry['type']}"
+    if entry["type"] == "array":
+        assert entry["items"]["type"] in SCHEMA_TYPES
+
+
+def test_schema_defaults_parse_to_the_same_settings_as_no_config() -> None:
+    """What the CLI hands over (schema defaults, JSON-encoded) means the same as nothing set."""
+    encoded = {
+        key: entry["default"] if isinstance(entry["default"], str) else json.dumps(entry["default"])
+        for key, entry in project()["config"].items()
+        if "default" in entry
+    }
+    assert settings.parse("s", encoded) == settings.parse("s", {})
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_stack_files_use_known_keys_with_schema_types(stack: str) -> None:
+    name, values = read_stack_config(stack)
+    assert name == "mlserve" and values
+    schema = project()["config"]
+    for key, value in values.items():
+        assert key in schema, f"Pulumi.{stack}.yaml sets unknown key {key}"
+        assert isinstance(value, SCHEMA_TYPES[schema[key]["type"]]), f"Pulumi.{stack}.yaml: {key}={value!r}"
+
+
+def test_config_reference_lists_every_key_with_its_default() -> None:
+    text = (PROJECT_ROOT / "docs" / "config.md").read_text()
+    rows = {line.split("|")[1].strip().strip("`"): line for line in text.splitlines() if line.startswith("| `")}
+    assert set(rows) == set(settings.DEFAULTS)
+    for key, default in settings.DEFAULTS.items():
+        shown = "(unset)" if default is None else str(default).lower() if isinstance(default, bool) else str(default)
+        assert f"`{shown}`" in rows[key] or shown in rows[key], f"docs/config.md: {key} default {shown}"
+
+
+def test_readme_free_paths_exist() -> None:
+    assert Path(PROJECT_ROOT / "Pulumi.dev.yaml").exists() and Path(PROJECT_ROOT / "Pulumi.prod.yaml").exists()
