@@ -208,7 +208,7 @@ def replica_limits_and_healthcheck(resource: Resource, context: Context) -> list
         found.append(_violation(resource, "has no memory limit (set `memory`, in MB)"))
     cpus = props.get("cpus")
     if not is_unknown(cpus) and not _positive(cpus):
-        found.append(_violation(resource, "has no CPU limit (set `cpus`, e.g. \"1.5\")"))
+        found.append(_violation(resource, 'has no CPU limit (set `cpus`, e.g. "1.5")'))
     health = props.get("healthcheck")
     if not is_unknown(health):
         tests = _list(health.get("tests")) if isinstance(health, Mapping) else []

@@ -37,8 +37,14 @@ def urn(type_: str, name: str, parent_type: str | None = None) -> str:
 def run_resource_policy(policy: ResourceValidationPolicy, type_: str, name: str, props: dict[str, Any], **kw: Any) -> list[str]:
     reported: list[str] = []
     args = ResourceValidationArgs(
-        type_, unknown_checking_proxy(props), urn(type_, name, kw.get("parent_type")), name, options(kw.get("protect", False)),
-        None, {}, {},
+        type_,
+        unknown_checking_proxy(props),
+        urn(type_, name, kw.get("parent_type")),
+        name,
+        options(kw.get("protect", False)),
+        None,
+        {},
+        {},
     )
     policy.validate(args, lambda message, urn=None: reported.append(message))
     return reported
@@ -95,16 +101,37 @@ def test_protect_and_stack_name(monkeypatch: pytest.MonkeyPatch, stack: str, fir
 def test_stack_policy_sees_outputs_and_dependencies(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PULUMI_STACK", "prod")
     image = PolicyResource(
-        rules.IMAGE, unknown_checking_proxy({"imageName": "r:1-cuda", "build": {"args": {rules.VARIANT_BUILD_ARG: "cuda"}}}),
-        urn(rules.IMAGE, "replica-image"), "replica-image", options(), None, None, [], {},
+        rules.IMAGE,
+        unknown_checking_proxy({"imageName": "r:1-cuda", "build": {"args": {rules.VARIANT_BUILD_ARG: "cuda"}}}),
+        urn(rules.IMAGE, "replica-image"),
+        "replica-image",
+        options(),
+        None,
+        None,
+        [],
+        {},
     )
     password = PolicyResource(
-        rules.RANDOM_PASSWORD, unknown_checking_proxy({"result": "s3cr3t-generated"}),
-        urn(rules.RANDOM_PASSWORD, "mysql-password"), "mysql-password", options(), None, None, [], {},
+        rules.RANDOM_PASSWORD,
+        unknown_checking_proxy({"result": "s3cr3t-generated"}),
+        urn(rules.RANDOM_PASSWORD, "mysql-password"),
+        "mysql-password",
+        options(),
+        None,
+        None,
+        [],
+        {},
     )
     replica = PolicyResource(
-        rules.CONTAINER, unknown_checking_proxy({"envs": ["DB_PASSWORD=s3cr3t-generated", "API_TOKEN=literal"]}),
-        urn(rules.CONTAINER, "replica-0"), "replica-0", options(), None, None, [image], {},
+        rules.CONTAINER,
+        unknown_checking_proxy({"envs": ["DB_PASSWORD=s3cr3t-generated", "API_TOKEN=literal"]}),
+        urn(rules.CONTAINER, "replica-0"),
+        "replica-0",
+        options(),
+        None,
+        None,
+        [image],
+        {},
     )
     args = StackValidationArgs([image, password, replica], {}, {})
     reported: list[tuple[str, str | None]] = []
@@ -112,5 +139,6 @@ def test_stack_policy_sees_outputs_and_dependencies(monkeypatch: pytest.MonkeyPa
     assert len(reported) == 1 and "'replica-0'" in reported[0][0] and reported[0][1] == replica.urn
     reported.clear()
     by_name()["no-literal-passwords"].validate(args, lambda m, u=None: reported.append((m, u)))
-    assert [m for m, _ in reported] == ["Container 'replica-0': env API_TOKEN holds a literal credential; "
-                                        "it must come from a generated secret (RandomPassword)"]
+    assert [m for m, _ in reported] == [
+        "Container 'replica-0': env API_TOKEN holds a literal credential; it must come from a generated secret (RandomPassword)"
+    ]

@@ -245,9 +245,7 @@ def _first_preview(resource: rules.Resource) -> rules.Resource:
     if resource.type == rules.RANDOM_PASSWORD:
         return dataclasses.replace(resource, props={**resource.props, "result": rules.UNKNOWN})
     if resource.type == rules.CONTAINER and "envs" in resource.props:
-        envs = [
-            rules.UNKNOWN if rules._credential_parts(*str(e).partition("=")[::2]) else e for e in resource.props["envs"]
-        ]
+        envs = [rules.UNKNOWN if rules._credential_parts(*str(e).partition("=")[::2]) else e for e in resource.props["envs"]]
         return dataclasses.replace(resource, props={**resource.props, "envs": envs})
     return resource
 

@@ -18,9 +18,7 @@ MAIN = ROOT / ".github" / "workflows" / "pulumi.yml"
 
 
 def lint(*files: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["bash", str(LINT), *map(str, files)], capture_output=True, text=True, timeout=120, check=False
-    )
+    return subprocess.run(["bash", str(LINT), *map(str, files)], capture_output=True, text=True, timeout=120, check=False)
 
 
 def test_our_workflows_pass() -> None:
