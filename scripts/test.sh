@@ -10,5 +10,7 @@ echo "== ruff"
 ruff check .
 echo "== mypy"
 mypy
+echo "== workflow lint"
+bash scripts/lint_workflows.sh
 echo "== pytest"
 python -m pytest "$@"
