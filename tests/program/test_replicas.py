@@ -1,0 +1,151 @@
+"""Replicas: inputs, GPU assignment, rolling order, and what scaling and re-weighting change."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from app import contract
+from components.replicas import START_PERIOD_S, WAIT_TIMEOUT_S
+from mockrun import DeclaredStack, run_program
+from tests.program.conftest import env_map
+
+
+def inputs_by_key(stack: DeclaredStack) -> dict[tuple[str, str], dict[str, object]]:
+    return {(r.type, r.name): r.inputs for r in stack.resources}
+
+
+def test_replica_container(any_stack: DeclaredStack) -> None:
+    replicas = any_stack.replicas()
+    assert replicas
+    for index, replica in enumerate(replicas):
+        inputs = replica.inputs
+        name = f"mlserve-{any_stack.stack}-replica-{index}"
+        assert replica.parent == "replicas"
+        assert inputs["name"] == name
+        assert inputs["image"].startswith("mlserve-replica@")
+        assert inputs["command"] == ["python", "-m", contract.REPLICA_MODULE]
+        env = env_map(inputs["envs"])
+        assert env[contract.ENV_TRACKING_URI] == f"http://{contract.MLFLOW_HOST}:{contract.MLFLOW_PORT}"
+        assert env[contract.ENV_MODEL_NAME] == "iris-classifier" and env[contract.ENV_MODEL_ALIAS] == "champion"
+        assert env[contract.ENV_INSTANCE_ID] == name
+        assert env[contract.ENV_PORT] == str(contract.REPLICA_PORT) and env[contract.ENV_BIND_HOST] == "0.0.0.0"
+        assert env[contract.ENV_MAX_BODY_BYTES] == str(16 * 2**20)
+        assert env[contract.ENV_DEVICE] == contract.DEVICE_AUTO
+        assert env[contract.ENV_SHUTDOWN_GRACE_S] == "30"
+        probe = " ".join(inputs["healthcheck"]["tests"])
+        assert f"127.0.0.1:{contract.REPLICA_PORT}{contract.ROUTE_READY}" in probe
+        assert inputs["healthcheck"]["startPeriod"] == f"{START_PERIOD_S}s"
+        assert inputs["restart"] == "unless-stopped"
+        assert inputs["destroyGraceSeconds"] == 35 and inputs["stopTimeout"] == 35
+        assert inputs["memorySwap"] == inputs["memory"]
+        assert inputs["logDriver"] == "json-file"
+
+
+def test_replica_env_names_are_all_from_the_contract(any_stack: DeclaredStack) -> None:
+    names = {value for key, value in vars(contract).items() if key.startswith("ENV_")}
+    for replica in any_stack.replicas():
+        assert set(env_map(replica.inputs["envs"])) <= names
+
+
+def test_dev_stack_is_small_cpu_only(dev: DeclaredStack) -> None:
+    replicas = dev.replicas()
+    assert len(replicas) == 2
+    for replica in replicas:
+        assert replica.inputs["cpus"] == "1" and replica.inputs["memory"] == 1024
+        assert "gpus" not in replica.inputs and "deviceRequests" not in replica.inputs
+        assert env_map(replica.inputs["envs"])[contract.ENV_POLL_INTERVAL_S] == "5"
+    assert dev.container("balancer").inputs["ports"][0]["ip"] == "127.0.0.1"
+    assert dev.output("entryUrl") == "http://127.0.0.1:8080"
+
+
+def test_prod_stack_is_three_gpu_replicas_like_the_compose_files(prod: DeclaredStack) -> None:
+    replicas = prod.replicas()
+    assert len(replicas) == 3
+    for replica in replicas:
+        assert replica.inputs["cpus"] == "2" and replica.inputs["memory"] == 4096
+        assert replica.inputs["shmSize"] == 1024
+    aliases = [r.inputs["networksAdvanced"][0]["aliases"] for r in replicas]
+    assert aliases == [["replica-0", "replica-w3"], ["replica-1", "replica-w2"], ["replica-2", "replica-w1"]]
+    assert prod.container("balancer").inputs["uploads"][0]["content"].count("least_conn;") == 1
+
+
+def test_prod_gpus_round_robin_over_device_ids(prod: DeclaredStack) -> None:
+    requests = [r.inputs["deviceRequests"] for r in prod.replicas()]
+    assert [req[0]["deviceIds"] for req in requests] == [["0"], ["1"], ["0"]]
+    for replica, req in zip(prod.replicas(), requests, strict=True):
+        assert req[0]["driver"] == "nvidia" and req[0]["capabilities"] == ["gpu"]
+        assert "gpus" not in replica.inputs  # pulumi-docker rejects gpus together with device_requests
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({"gpuMode": "devices", "gpuDeviceIds": ["0", "1", "2"], "gpuCount": 2, "replicas": 4},
+         [["0", "1"], ["2", "0"], ["1", "2"], ["0", "1"]]),
+        ({"gpuMode": "devices", "gpuDeviceIds": ["GPU-a1", "GPU-b2"], "gpuCount": 1, "replicas": 5},
+         [["GPU-a1"], ["GPU-b2"], ["GPU-a1"], ["GPU-b2"], ["GPU-a1"]]),
+    ],
+)
+def test_gpu_devices_round_robin(overrides: dict[str, object], expected: list[list[str]]) -> None:
+    stack = run_program("dev", overrides)
+    assert [r.inputs["deviceRequests"][0]["deviceIds"] for r in stack.replicas()] == expected
+
+
+def test_gpu_modes_all_and_count() -> None:
+    every = run_program("dev", {"gpuMode": "all"}).replicas()
+    assert every and all(r.inputs["gpus"] == "all" and "deviceRequests" not in r.inputs for r in every)
+    counted = run_program("dev", {"gpuMode": "count", "gpuCount": 2}).replicas()
+    assert counted and all(r.inputs["deviceRequests"] == [{"driver": "nvidia", "count": 2, "capabilities": ["gpu"]}] for r in counted)
+    cpu = run_program("dev", {"gpuMode": "all"}).by_name("replica-image").inputs
+    assert cpu["build"]["args"] == {contract.BUILD_ARG_VARIANT: "cuda"}
+
+
+def test_replicas_roll_one_at_a_time(any_stack: DeclaredStack) -> None:
+    """A chain of depends_on + healthcheck + wait: see the docstring of components/replicas.py."""
+    replicas = any_stack.replicas()
+    assert len(replicas) >= 2
+    assert "trainer" in replicas[0].depends_on
+    for previous, replica in zip(replicas, replicas[1:], strict=False):
+        assert previous.name in replica.depends_on
+        assert [d for d in replica.depends_on if re.fullmatch(r"replica-\d+", d)] == [previous.name]
+    for replica in replicas:
+        assert replica.inputs["wait"] is True and replica.inputs["waitTimeout"] == WAIT_TIMEOUT_S
+        assert replica.inputs["healthcheck"]["tests"]
+
+
+def test_scaling_three_to_five_adds_two_containers_and_changes_nothing_else() -> None:
+    before = run_program("prod")
+    after = run_program("prod", {"replicas": 5, "weights": [3, 2, 1, 1, 2]})
+    old, new = inputs_by_key(before), inputs_by_key(after)
+    assert len(before.replicas()) == 3 and len(after.replicas()) == 5
+    added = set(new) - set(old)
+    assert added == {("docker:index/container:Container", "replica-3"), ("docker:index/container:Container", "replica-4")}
+    assert not set(old) - set(new)
+    changed = [key for key in old if old[key] != new[key]]
+    assert changed == [], f"inputs changed: {changed}"
+    # Options count too: protect, dependencies and parents of existing resources stay as they were.
+    before_opts = {(r.type, r.name): (r.parent, r.protect, r.depends_on) for r in before.resources}
+    after_opts = {(r.type, r.name): (r.parent, r.protect, r.depends_on) for r in after.resources}
+    assert all(before_opts[k] == after_opts[k] for k in before_opts)
+    assert "replica-2" in after.container("replica-3").depends_on
+
+
+def test_changing_one_weight_touches_only_that_replica() -> None:
+    before = run_program("prod")
+    after = run_program("prod", {"weights": [3, 5, 1]})
+    old, new = inputs_by_key(before), inputs_by_key(after)
+    assert set(old) == set(new)
+    changed = sorted(key[1] for key in old if old[key] != new[key])
+    assert changed == ["replica-1"]
+    diff = {k for k in old[("docker:index/container:Container", "replica-1")]
+            if old[("docker:index/container:Container", "replica-1")][k] != new[("docker:index/container:Container", "replica-1")][k]}
+    assert diff == {"networksAdvanced"}
+    assert after.container("replica-1").inputs["networksAdvanced"][0]["aliases"] == ["replica-1", "replica-w5"]
+
+
+def test_fifty_replicas() -> None:
+    stack = run_program("dev", {"replicas": 50})
+    assert len(stack.replicas()) == 50
+    assert stack.output("replicaNames") == [f"mlserve-dev-replica-{i}" for i in range(50)]
