@@ -3,7 +3,8 @@
 Processes are started in their own session (so the stack outlives `localstack up`, and a
 stop signals the whole process group: mlflow's gunicorn workers, nginx's workers). A pid
 alone is not trusted on stop: the command line recorded at start must still match, so a
-reused pid is never signalled.
+reused pid is never signalled. A process is identified by pid and kernel start time (command
+lines are no use: nginx rewrites its own, interpreters rewrite argv[0]).
 """
 
 from __future__ import annotations
@@ -38,29 +39,30 @@ def start(argv: Sequence[str], env: Mapping[str, str], cwd: Path, log: Path) -> 
     return proc.pid
 
 
-def _cmdline(pid: int) -> list[str] | None:
+def _stat(pid: int) -> list[str] | None:
     try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+    # The command name (field 2) may hold spaces and parentheses: split after its last ')'.
+    return text.rsplit(")", 1)[1].split()
 
 
-def alive(pid: int, argv: Sequence[str] | None = None) -> bool:
-    """True while `pid` runs (zombies count as dead) and, if given, still runs `argv`."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+def start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (field 22 of /proc/<pid>/stat)."""
+    fields = _stat(pid)
+    return fields[19] if fields else None
+
+
+def alive(pid: int, started: str | None = None) -> bool:
+    """True while `pid` runs (zombies count as dead) and, if given, is the process started then."""
+    fields = _stat(pid)
+    if fields is None:
         return False
-    if stat.rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+    if fields[0] in ("Z", "X"):
         _reap(pid)
         return False
-    if argv is not None:
-        cmd = _cmdline(pid)
-        # Interpreters rewrite argv[0] (the venv's python becomes python3.11): compare the rest.
-        if cmd is None or cmd[1:] != list(argv)[1:]:
-            return False
-    return True
+    return started is None or fields[19] == started
 
 
 def _reap(pid: int) -> None:
@@ -71,9 +73,9 @@ def _reap(pid: int) -> None:
         pass
 
 
-def stop(pid: int, argv: Sequence[str] | None, grace_s: float) -> None:
+def stop(pid: int, started: str | None, grace_s: float) -> None:
     """SIGTERM the process group, wait up to grace_s, then SIGKILL it."""
-    if not alive(pid, argv):
+    if not alive(pid, started):
         return
     try:
         os.killpg(pid, signal.SIGTERM)

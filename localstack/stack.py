@@ -23,6 +23,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.parse
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,7 +174,7 @@ class LocalStack:
             for service in wanted:
                 current = running.get(service.name)
                 if current and current["digest"] == service.digest and (
-                    current.get("done") if service.oneshot else procs.alive(current["pid"], current["argv"])
+                    current.get("done") if service.oneshot else procs.alive(current["pid"], current.get("started"))
                 ):
                     continue
                 if current:
@@ -209,7 +210,7 @@ class LocalStack:
             rundir = self.paths.run / name
             standins.mariadb_install(datadir, log_path)
             argv = standins.mariadb_argv(datadir, rundir, address)
-            pid = self._spawn(name, argv, base_env, log_path, record)
+            pid = self._spawn(name, argv, base_env, log_path, record, contract.MYSQL_PORT)
             first = not (datadir / standins.MARIADB_INIT_MARK).exists()
             if first:
                 procs.wait_until(lambda: standins.mariadb_socket_ready(rundir), deadline, name, pid, log_path)
@@ -219,7 +220,7 @@ class LocalStack:
             datadir = self.paths.data / "s3"
             datadir.mkdir(parents=True, exist_ok=True)
             argv = standins.s3_argv(address)
-            pid = self._spawn(name, argv, {**base_env, **standins.s3_env(datadir)}, log_path, record)
+            pid = self._spawn(name, argv, {**base_env, **standins.s3_env(datadir)}, log_path, record, contract.MINIO_PORT)
             procs.wait_until(lambda: standins.s3_ready(address), deadline, name, pid, log_path)
             standins.s3_restore(datadir, address)
         elif service.kind == tr.BUCKET:
@@ -244,7 +245,7 @@ class LocalStack:
                 raise StackError(f"the uploaded nginx.conf of {name} has no listen directive")
             port = contract.BALANCER_PORT if contract.BALANCER_PORT in ports else ports[0]
             record["entry_url"] = f"http://{address}:{port}"
-            pid = self._spawn(name, argv, base_env, log_path, record)
+            pid = self._spawn(name, argv, base_env, log_path, record, port)
             procs.wait_until(procs.tcp_open(address, port), deadline, name, pid, log_path)
         else:
             argv = tr.app_argv(service, address)
@@ -253,18 +254,21 @@ class LocalStack:
                 self._run_oneshot(service, argv, env, log_path, deadline)
                 self.state["procs"][name] = {**record, "pid": 0, "argv": argv, "done": True}
             else:
-                pid = self._spawn(name, argv, env, log_path, record)
                 url = tr.readiness_url(service, address)
                 if url is None:
                     raise StackError(f"container {name} declares no HTTP healthcheck to wait on")
+                pid = self._spawn(name, argv, env, log_path, record, int(urllib.parse.urlsplit(url).port or 80))
                 procs.wait_until(procs.http_ok(url), deadline, name, pid, log_path)
         self._save()
 
-    def _spawn(self, name: str, argv: list[str], env: dict[str, str], log_path: Path, record: dict[str, Any]) -> int:
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str], log_path: Path, record: dict[str, Any], port: int) -> int:
+        # A leftover process on the address would answer the readiness probe in the new one's place.
+        if not procs.port_free(record["address"], port):
+            raise StackError(f"{record['address']}:{port} is already taken: a process of an earlier run? ({name})")
         with open(log_path if log_path.parent.exists() else self._mklogs(log_path), "ab") as out:
             out.write(f"\n=== {time.strftime('%Y-%m-%dT%H:%M:%S')} starting {name}\n".encode())
         pid = procs.start(argv, env, PROJECT_ROOT, log_path)
-        self.state["procs"][name] = {**record, "pid": pid, "argv": argv, "started": time.time()}
+        self.state["procs"][name] = {**record, "pid": pid, "argv": argv, "started": procs.start_time(pid)}
         self._save()  # saved before waiting: a failed start is still stopped by `down`
         return pid
 
@@ -313,14 +317,14 @@ class LocalStack:
     def _stop_one(self, name: str) -> None:
         record = self.state["procs"].pop(name, None)
         if record and record.get("pid"):
-            procs.stop(record["pid"], record["argv"], STOP_GRACE_S)
+            procs.stop(record["pid"], record.get("started"), STOP_GRACE_S)
         self._save()
 
     # --- names: DNS stand-in and /etc/hosts ---------------------------------------------------
 
     def _ensure_dns(self, wanted: list[tr.Service]) -> None:
         record = self.state["procs"].get(DNS_NAME)
-        if record and procs.alive(record["pid"], record["argv"]):
+        if record and procs.alive(record["pid"], record.get("started")):
             return
         if not procs.port_free(dns.DNS_ADDRESS, dns.DNS_PORT, udp=True):
             raise StackError(
@@ -332,7 +336,9 @@ class LocalStack:
         argv = [sys.executable, "-m", "localstack.dns", str(self.paths.dns_table)]
         log_path = self._mklogs(self.paths.log(DNS_NAME))
         pid = procs.start(argv, {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(PROJECT_ROOT)}, PROJECT_ROOT, log_path)
-        self.state["procs"][DNS_NAME] = {"kind": DNS_NAME, "digest": "", "pid": pid, "argv": argv, "address": dns.DNS_ADDRESS}
+        self.state["procs"][DNS_NAME] = {
+            "kind": DNS_NAME, "digest": "", "pid": pid, "argv": argv, "address": dns.DNS_ADDRESS, "started": procs.start_time(pid)
+        }
         self._save()
         procs.wait_until(lambda: _dns_answers(), DEADLINES[DNS_NAME], DNS_NAME, pid, log_path)
 
@@ -380,7 +386,7 @@ class LocalStack:
             if record.get("done"):
                 state = "done"
             else:
-                state = "running" if procs.alive(record["pid"], record["argv"]) else "dead"
+                state = "running" if procs.alive(record["pid"], record.get("started")) else "dead"
             rows[name] = {"kind": record["kind"], "address": record.get("address"), "pid": record.get("pid"), "state": state}
         return {"stack": self.stack, "state_dir": str(self.paths.root), "overrides": self.state["overrides"], "processes": rows, **self.state.get("info", {})}
 
