@@ -66,7 +66,8 @@ def test_stack_files_use_known_keys_with_schema_types(stack: str) -> None:
 
 def test_config_reference_lists_every_key_with_its_default() -> None:
     text = (PROJECT_ROOT / "docs" / "config.md").read_text()
-    rows = {line.split("|")[1].strip().strip("`"): line for line in text.splitlines() if line.startswith("| `")}
+    table = text.split("| Key | Default |", 1)[1].split("\n\n", 1)[0]
+    rows = {line.split("|")[1].strip().strip("`"): line for line in table.splitlines() if line.startswith("| `")}
     assert set(rows) == set(settings.DEFAULTS)
     for key, default in settings.DEFAULTS.items():
         shown = "(unset)" if default is None else str(default).lower() if isinstance(default, bool) else str(default)

