@@ -11,8 +11,8 @@ program registers instead of restating them.
     stack.outputs["entryUrl"].value
 
 Each call gets a fresh mock monitor, a fresh root stack and fresh config, so it
-can be called many times in one process. Config comes from Pulumi.<stack>.yaml
-plus `overrides` (overrides win; an override of None removes the key), encoded
+can be called many times in one process. Config comes from Pulumi.yaml's defaults,
+then Pulumi.<stack>.yaml, then `overrides` (an override of None removes the key), encoded
 the way the Pulumi CLI hands config to a Python program: strings as they are,
 everything else as JSON.
 """

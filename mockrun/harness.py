@@ -140,14 +140,20 @@ def _natural(name: str) -> list[Any]:
 
 
 def read_stack_config(stack: str, project_root: Path = PROJECT_ROOT) -> tuple[str, dict[str, Any]]:
-    """(project name, {key: value}) from Pulumi.yaml and Pulumi.<stack>.yaml, keys without the project prefix."""
+    """(project name, {key: value}) as the CLI would hand them over: Pulumi.yaml's defaults, then
+    Pulumi.<stack>.yaml. Keys without the project prefix; other namespaces are left out."""
     project_doc = yaml.safe_load((project_root / "Pulumi.yaml").read_text())
     project = str(project_doc["name"])
     stack_file = project_root / f"Pulumi.{stack}.yaml"
     if not stack_file.exists():
         raise FileNotFoundError(f"no stack file {stack_file.name} in {project_root}")
     stack_doc = yaml.safe_load(stack_file.read_text()) or {}
-    values: dict[str, Any] = {}
+    # The CLI applies the project's config defaults (Pulumi.yaml) under the stack's values.
+    values: dict[str, Any] = {
+        key: entry["default"]
+        for key, entry in (project_doc.get("config") or {}).items()
+        if isinstance(entry, dict) and "default" in entry
+    }
     for full_key, value in (stack_doc.get("config") or {}).items():
         namespace, _, key = str(full_key).partition(":")
         if not key:  # a bare key belongs to the project, as the CLI reads it
