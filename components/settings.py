@@ -194,18 +194,6 @@ def _int(key: str, value: Any, lo: int, hi: int) -> int:
     return number
 
 
-def _float(key: str, value: Any, lo: float, hi: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise ConfigError(key, f"must be a number from {lo} to {hi}, got {value!r}")
-    try:
-        number = float(value)
-    except ValueError:
-        raise ConfigError(key, f"must be a number from {lo} to {hi}, got {value!r}") from None
-    if not lo <= number <= hi:
-        raise ConfigError(key, f"must be a number from {lo} to {hi}, got {number}")
-    return number
-
-
 def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> str:
     if value not in allowed:
         raise ConfigError(key, f"must be one of {', '.join(allowed)}; got {value!r}")

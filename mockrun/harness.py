@@ -10,9 +10,12 @@ import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
+
+if TYPE_CHECKING:
+    from components.settings import Settings
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PROGRAM = PROJECT_ROOT / "__main__.py"
@@ -67,6 +70,7 @@ class OutputValue:
 @dataclass(frozen=True)
 class DeclaredStack:
     stack: str
+    project: str
     config: dict[str, str]  # "<project>:<key>" -> value as handed to the program
     resources: tuple[DeclaredResource, ...]
     outputs: dict[str, OutputValue]
@@ -125,6 +129,13 @@ class DeclaredStack:
 
     def output(self, name: str) -> Any:
         return self.outputs[name].value
+
+    def settings(self) -> Settings:
+        """The validated settings this run's config means (what the program itself read)."""
+        from components.settings import parse
+
+        prefix = f"{self.project}:"
+        return parse(self.stack, {k[len(prefix) :]: v for k, v in self.config.items() if k.startswith(prefix)})
 
 
 @dataclass(frozen=True)
@@ -243,7 +254,7 @@ class _Recorder:
         with self.lock:
             self.requests.append((urn, request))
 
-    def declared(self, stack: str, config: dict[str, str], outputs: dict[str, OutputValue]) -> DeclaredStack:
+    def declared(self, project: str, stack: str, config: dict[str, str], outputs: dict[str, OutputValue]) -> DeclaredStack:
         from pulumi.runtime import rpc
 
         with self.lock:
@@ -277,7 +288,7 @@ class _Recorder:
                     component_outputs=_plain(component_outputs.get(urn, {}), (), set()),
                 )
             )
-        return DeclaredStack(stack=stack, config=config, resources=tuple(resources), outputs=outputs)
+        return DeclaredStack(stack=stack, project=project, config=config, resources=tuple(resources), outputs=outputs)
 
 
 _RUN_LOCK = threading.Lock()  # the Pulumi runtime is process-global: one program run at a time
@@ -340,7 +351,7 @@ def attempt(
             _sync_await(run_pulumi_func(resolve))
         except Exception as exc:
             error = exc
-        declared = recorder.declared(stack, config, outputs)
+        declared = recorder.declared(project, stack, config, outputs)
         runtime_settings.ROOT.set(None)
     return RunResult(declared=declared, error=error)
 

@@ -211,8 +211,8 @@ def test_balancer(any_stack: DeclaredStack) -> None:
     assert balancer.parent == "balancer"
     assert balancer.inputs["image"] == settings_module.DEFAULTS["nginxImage"]
     uploads = {u["file"]: u["content"] for u in balancer.inputs["uploads"]}
-    raw = {k.split(":", 1)[1]: v for k, v in any_stack.config.items()}
-    expected = parse(any_stack.stack, raw)
+    expected = any_stack.settings()
+    assert expected == parse(any_stack.stack, {k.split(":", 1)[1]: v for k, v in any_stack.config.items()})
     assert uploads == {CONF_PATH: render(expected), STATUS_PATH: render_status(expected)}
     (port,) = balancer.inputs["ports"]
     assert port["internal"] == contract.BALANCER_PORT
