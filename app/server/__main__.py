@@ -70,6 +70,8 @@ def main() -> int:
         access_log=False,
         log_config=None,
         server_header=False,
+        # Nothing here uses the client address; nginx's X-Forwarded-For stays in its own log.
+        proxy_headers=False,
         date_header=False,
         timeout_keep_alive=KEEPALIVE_S,
         timeout_graceful_shutdown=int(drain_s) if drain_s >= 1 else 1,

@@ -1,0 +1,189 @@
+"""Side-by-side benchmark: our replica vs `mlflow models serve`, same model, same core.
+
+One run:
+  1. starts an MLflow tracking server (SQLite, artifacts proxied) and trains the iris
+     LogisticRegression with `python -m app.trainer`;
+  2. starts `mlflow models serve` (1 worker, --env-manager local), our replica and a
+     constant-answer app on the same stack as the replica, each pinned to core 0
+     (`taskset -c 0`); only the one under load does any work;
+  3. drives each with wrk pinned to core 1, one single-row `dataframe_split` request
+     body, at 8 and 32 connections (warm-up, then a measured run), the three servers
+     taking turns for several rounds;
+  4. prints req/s, p50, p99, RSS, non-2xx counts and the ratios ours/theirs and
+     ours/ceiling.
+
+    .venv/bin/python benchmarks/replica_bench.py [--duration 10] [--connections 8 32]
+
+Needs `wrk` and `taskset` and at least two cores. All traffic goes to 127.0.0.1; every
+process it starts is stopped in `finally`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import replica_procs as rp  # noqa: E402
+
+from app import contract  # noqa: E402
+
+MODEL = "iris-bench"
+ALIAS = "champion"
+COLUMNS = ["sepal length (cm)", "sepal width (cm)", "petal length (cm)", "petal width (cm)"]
+BODY = json.dumps({"dataframe_split": {"columns": COLUMNS, "data": [[5.1, 3.5, 1.4, 0.2]]}})
+SERVER_CPU = "0"
+LOAD_CPU = "1"
+
+
+def wrk(url: str, connections: int, duration: float, script: Path) -> dict[str, float]:
+    cmd = ["taskset", "-c", LOAD_CPU, "wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency",
+           "-s", str(script), url]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60, check=True).stdout
+    return parse_wrk(out)
+
+
+def _ms(value: str, unit: str) -> float:
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
+
+
+def parse_wrk(out: str) -> dict[str, float]:
+    res: dict[str, float] = {}
+    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if not m:
+        raise RuntimeError(f"unexpected wrk output:\n{out}")
+    res["rps"] = float(m.group(1))
+    for pct in ("50", "99"):
+        m = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s|m)\s*$", out, re.M)
+        res[f"p{pct}"] = _ms(m.group(1), m.group(2)) if m else float("nan")
+    m = re.search(r"(\d+) requests in", out)
+    res["requests"] = float(m.group(1)) if m else 0.0
+    m = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    res["non2xx"] = float(m.group(1)) if m else 0.0
+    m = re.search(r"Socket errors:.*?(\d+)\s+timeout", out)
+    res["timeouts"] = float(m.group(1)) if m else 0.0
+    return res
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--duration", type=float, default=10.0, help="seconds per measured run")
+    ap.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up load before each run")
+    ap.add_argument("--connections", type=int, nargs="+", default=[8, 32])
+    ap.add_argument("--rounds", type=int, default=3, help="measured runs per server and concurrency (median)")
+    ap.add_argument("--max-batch-size", default="32")
+    ap.add_argument("--max-batch-wait-ms", default="0")
+    ap.add_argument("--json", help="also write the figures to this file")
+    args = ap.parse_args()
+    if not shutil.which("wrk") or not shutil.which("taskset"):
+        print("needs wrk and taskset on PATH", file=sys.stderr)
+        return 2
+    if (os.cpu_count() or 1) < 2:
+        print("needs two cores (server on core 0, load on core 1)", file=sys.stderr)
+        return 2
+
+    tmp = Path(tempfile.mkdtemp(prefix="replica-bench-"))
+    script = tmp / "post.lua"
+    script.write_text(
+        'wrk.method = "POST"\n'
+        f"wrk.body = {json.dumps(BODY)}\n"
+        'wrk.headers["Content-Type"] = "application/json"\n'
+    )
+    procs: list[rp.Proc] = []
+    results: dict[str, dict[int, dict[str, float]]] = {}
+    try:
+        tracking = rp.start_tracking_server(tmp / "mlflow")
+        procs.append(tracking)
+        trained = rp.train(tracking.url, MODEL, ALIAS)
+        print(f"model: {MODEL} version {trained['version']} ({ALIAS})", flush=True)
+        model_uri = f"models:/{MODEL}@{ALIAS}"
+
+        def theirs() -> rp.Proc:
+            return rp.start_mlflow_serve(tracking.url, model_uri, tmp, cpus=SERVER_CPU)
+
+        def ours() -> rp.Proc:
+            return rp.start_replica(tracking.url, MODEL, ALIAS, tmp, cpus=SERVER_CPU,
+                                    **{contract.ENV_MAX_BATCH_SIZE: args.max_batch_size,
+                                       contract.ENV_MAX_BATCH_WAIT_MS: args.max_batch_wait_ms,
+                                       contract.ENV_POLL_INTERVAL_S: "30",
+                                       contract.ENV_LOG_LEVEL: "info"})
+
+        def ceiling() -> rp.Proc:
+            port = rp.free_port()
+            p = rp.Proc("const", ["taskset", "-c", SERVER_CPU, rp.PY, "-m", "benchmarks.replica_const_app", str(port)],
+                        rp._base_env(), tmp / "const.log", port=port).start()
+            try:
+                _wait_port(p)
+            except BaseException:
+                p.stop()
+                raise
+            return p
+
+        servers: dict[str, rp.Proc] = {}
+        for label, factory in (("mlflow", theirs), ("ours", ours), ("ceiling", ceiling)):
+            p = factory()
+            procs.append(p)
+            servers[label] = p
+            # A wrong answer would make the figures meaningless.
+            check = subprocess.run(["curl", "-s", "-H", "Content-Type: application/json", "-d", BODY,
+                                    p.url + contract.ROUTE_INVOCATIONS],
+                                   capture_output=True, text=True, timeout=30, check=True).stdout
+            if json.loads(check).get("predictions") is None:
+                raise RuntimeError(f"{label}: unexpected answer {check!r}")
+        # All three stay up (idle ones use no CPU) and take turns, round after round, so
+        # that noise from other work on the machine hits all of them alike; the median
+        # of the rounds is reported.
+        runs: dict[str, dict[int, list[dict[str, float]]]] = {}
+        for c in args.connections:
+            for rnd in range(args.rounds):
+                for label, p in servers.items():
+                    url = p.url + contract.ROUTE_INVOCATIONS
+                    wrk(url, c, args.warmup, script)
+                    r = wrk(url, c, args.duration, script)
+                    r["rss_mb"] = p.rss_bytes() / 2**20
+                    runs.setdefault(label, {}).setdefault(c, []).append(r)
+                    print(f"{label:8s} c={c:<3d} round {rnd + 1}: {r['rps']:9.0f} req/s  p50 {r['p50']:8.2f} ms"
+                          f"  p99 {r['p99']:8.2f} ms  RSS {r['rss_mb']:7.1f} MiB  non-2xx {int(r['non2xx'])}"
+                          f"  timeouts {int(r['timeouts'])}", flush=True)
+        for label, by_c in runs.items():
+            for c, rs in by_c.items():
+                results.setdefault(label, {})[c] = {k: statistics.median(r[k] for r in rs) for k in rs[0]}
+    finally:
+        for p in reversed(procs):
+            p.stop()
+
+    print()
+    print(f"medians of {args.rounds} rounds of {args.duration:.0f} s:")
+    for label in ("mlflow", "ours", "ceiling"):
+        for c in args.connections:
+            r = results[label][c]
+            print(f"  {label:8s} c={c:<3d} {r['rps']:9.0f} req/s  p50 {r['p50']:8.2f} ms  p99 {r['p99']:8.2f} ms"
+                  f"  RSS {r['rss_mb']:7.1f} MiB")
+    print("ratios (ours / mlflow models serve, ours / constant-answer ceiling):")
+    for c in args.connections:
+        o, t, k = results["ours"][c], results["mlflow"][c], results["ceiling"][c]
+        print(f"  c={c:<3d} req/s x{o['rps'] / t['rps']:.1f}   p99 {o['p99'] / t['p99']:.3f} of theirs"
+              f"   RSS x{o['rss_mb'] / t['rss_mb']:.2f}   ceiling {o['rps'] / k['rps']:.2f}"
+              f"   (mlflow {t['rps']:.0f}, ours {o['rps']:.0f}, ceiling {k['rps']:.0f} req/s)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+def _wait_port(p: rp.Proc, deadline_s: float = 30.0) -> None:
+    # The constant app answers every path; a GET on /ping is enough to know it is up.
+    p.wait_http(contract.ROUTE_PING, deadline_s)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,41 @@
+"""The ceiling: a constant answer on the replica's own stack (bare ASGI on uvicorn with
+httptools and uvloop, one worker). It reads the body and answers what a one-row
+prediction looks like, with the same kind of headers, and does no other work.
+
+Run by replica_bench.py as `python -m benchmarks.replica_const_app PORT`.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+ANSWER = b'{"predictions":[0]}'
+HEADERS = [(b"content-type", b"application/json"), (b"content-length", str(len(ANSWER)).encode()),
+           (b"x-instance-id", b"const"), (b"x-request-id", b"0123456789abcdef"), (b"x-model-version", b"1")]
+
+
+async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] != "http":
+        if scope["type"] == "lifespan":
+            while True:
+                msg = await receive()
+                if msg["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                else:
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        return
+    more = True
+    while more:
+        msg = await receive()
+        more = msg.get("more_body", False)
+    await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
+    await send({"type": "http.response.body", "body": ANSWER})
+
+
+if __name__ == "__main__":
+    import uvicorn
+
+    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), loop="uvloop", http="httptools",
+                access_log=False, server_header=False, proxy_headers=False, date_header=False, lifespan="on", log_level="warning")
