@@ -19,22 +19,41 @@ import os
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 from dnslib import QTYPE, RCODE, RR, A, DNSRecord
 from dnslib.server import BaseResolver, DNSHandler, DNSLogger, DNSServer
 
-DNS_ADDRESS = "127.0.0.11"  # Docker's embedded DNS address, as in the rendered nginx.conf
+from nginx.render import RESOLVER_ADDRESS as DNS_ADDRESS  # noqa: E402 - the address the rendered conf names
+
 DNS_PORT = 53
 # Docker answers container names with TTL 600; nginx overrides it with `valid=`, so the TTL we
 # send only matters to other clients. Keep it short so a test client never caches a stale set.
 ANSWER_TTL_S = 1
 
 
-def write_hosts(path: Path, hosts: dict[str, list[str]]) -> None:
-    """Atomically replace the answer table (name -> addresses) the server reads."""
+def write_hosts(path: Path, hosts: dict[str, list[str]], processes: dict[str, tuple[int, str | None]]) -> None:
+    """Atomically replace the answer table the server reads.
+
+    `hosts`: name -> addresses; `processes`: address -> (pid, start time) of the process behind
+    it. Like Docker's DNS, which forgets a container once it stops, an address whose process
+    is gone (a crashed replica) is left out of the answers until the runner starts it again.
+    """
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({k.lower(): sorted(v) for k, v in sorted(hosts.items())}, indent=1))
+    table = {
+        "hosts": {k.lower(): sorted(v) for k, v in sorted(hosts.items())},
+        "processes": {addr: list(p) for addr, p in sorted(processes.items())},
+    }
+    tmp.write_text(json.dumps(table, indent=1))
     os.replace(tmp, path)
+
+
+def _alive(pid: int, started: str | None) -> bool:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return False
+    return fields[0] not in ("Z", "X") and (started is None or fields[19] == started)
 
 
 class TableResolver(BaseResolver):  # type: ignore[misc]
@@ -42,9 +61,9 @@ class TableResolver(BaseResolver):  # type: ignore[misc]
         self._path = path
         self._lock = threading.Lock()
         self._mtime: float | None = None
-        self._table: dict[str, list[str]] = {}
+        self._table: dict[str, Any] = {"hosts": {}, "processes": {}}
 
-    def table(self) -> dict[str, list[str]]:
+    def table(self) -> dict[str, Any]:
         with self._lock:
             try:
                 mtime = self._path.stat().st_mtime_ns
@@ -61,7 +80,11 @@ class TableResolver(BaseResolver):  # type: ignore[misc]
     def resolve(self, request: DNSRecord, handler: DNSHandler) -> DNSRecord:
         reply = request.reply()
         name = str(request.q.qname).rstrip(".").lower()
-        addresses = self.table().get(name)
+        table = self.table()
+        processes = table.get("processes", {})
+        addresses = [
+            a for a in table.get("hosts", {}).get(name, []) if a not in processes or _alive(*processes[a])
+        ]
         if not addresses:
             reply.header.rcode = RCODE.NXDOMAIN
             return reply

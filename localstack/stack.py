@@ -346,6 +346,7 @@ class LocalStack:
         """Answers of the DNS stand-in and the /etc/hosts block: every hostname/alias of the
         containers that run (and are ready), never of those in `exclude`."""
         table: dict[str, list[str]] = {}
+        processes: dict[str, tuple[int, str | None]] = {}
         for service in wanted:
             record = self.state["procs"].get(service.name)
             if service.name in exclude or service.oneshot:
@@ -353,10 +354,12 @@ class LocalStack:
             if only_running and not record:
                 continue
             address = record["address"] if record else self.address(service.name)
+            if record and record.get("pid"):
+                processes[address] = (record["pid"], record.get("started"))
             for host in service.hostnames:
                 table.setdefault(host, []).append(address)
         self.paths.run.mkdir(parents=True, exist_ok=True)
-        dns.write_hosts(self.paths.dns_table, table)
+        dns.write_hosts(self.paths.dns_table, table, processes)
         write_hosts_block(table, self.paths.root)
 
     # --- down / status ---------------------------------------------------------------------------

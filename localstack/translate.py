@@ -44,6 +44,7 @@ from typing import Any
 
 from app import contract
 from components import settings as settings_mod
+from nginx.render import weight_alias
 
 MYSQL, S3, BUCKET, TRACKING, TRAINER, REPLICA, APP, BALANCER = (
     "mysql",
@@ -60,7 +61,6 @@ MYSQL, S3, BUCKET, TRACKING, TRAINER, REPLICA, APP, BALANCER = (
 PHASES = (MYSQL, S3, BUCKET, TRACKING, TRAINER, APP, REPLICA, BALANCER)
 ONESHOT_KINDS = (BUCKET, TRAINER)
 
-_WEIGHT_ALIAS = re.compile(r"^replica-w(\d+)$")
 _URL = re.compile(r"https?://[^\s'\"]+")
 
 
@@ -80,10 +80,9 @@ class Service:
 
     @property
     def weight(self) -> int | None:
-        for host in self.hostnames:
-            match = _WEIGHT_ALIAS.match(host)
-            if match:
-                return int(match.group(1))
+        for weight in range(1, settings_mod.MAX_WEIGHT + 1):
+            if weight_alias(weight) in self.hostnames:
+                return weight
         return None
 
     @property
