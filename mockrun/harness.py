@@ -43,7 +43,7 @@ class DeclaredResource:
     secret_paths: frozenset[Path_]  # paths into `inputs` whose value was a secret
     parent: str | None  # logical name of the parent (None: the stack)
     parent_type: str | None
-    depends_on: tuple[str, ...]  # logical names of every dependency the SDK sent
+    depends_on: tuple[str, ...]  # logical names of every dependency the SDK sent, sorted
     protect: bool
     delete_before_replace: bool
     ignore_changes: tuple[str, ...]
@@ -277,7 +277,8 @@ class _Recorder:
                     secret_paths=frozenset(secrets),
                     parent=parent[0] if parent else None,
                     parent_type=parent[1] if parent else None,
-                    depends_on=tuple(names[d][0] for d in req.dependencies if d in names),
+                    # The SDK sends a set: sort, so that two runs compare equal.
+                    depends_on=tuple(sorted({names[d][0] for d in req.dependencies if d in names}, key=_natural)),
                     protect=bool(req.protect),
                     delete_before_replace=bool(req.deleteBeforeReplace),
                     ignore_changes=tuple(req.ignoreChanges),
