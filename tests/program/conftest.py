@@ -27,7 +27,3 @@ def prod() -> DeclaredStack:
 @pytest.fixture(scope="session", params=["dev", "prod"])
 def any_stack(request: pytest.FixtureRequest, dev: DeclaredStack, prod: DeclaredStack) -> DeclaredStack:
     return {"dev": dev, "prod": prod}[request.param]
-
-
-def env_map(envs: list[str]) -> dict[str, str]:
-    return dict(e.split("=", 1) for e in envs)

@@ -6,7 +6,7 @@ from app import contract
 from components import settings as settings_module
 from mockrun import CONTAINER_TYPE, DeclaredStack
 from mockrun.harness import IMAGE, NETWORK, RANDOM_PASSWORD, VOLUME
-from tests.program.conftest import env_map
+from tests.program.helpers import env_map
 
 COMPONENTS = {
     "network": "PrivateNetwork",

@@ -9,7 +9,7 @@ import pytest
 from app import contract
 from components.replicas import START_PERIOD_S, WAIT_TIMEOUT_S
 from mockrun import DeclaredStack, run_program
-from tests.program.conftest import env_map
+from tests.program.helpers import env_map
 
 
 def inputs_by_key(stack: DeclaredStack) -> dict[tuple[str, str], dict[str, object]]:

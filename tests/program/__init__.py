@@ -1,0 +1,1 @@
+"""Mock tests of the Pulumi program (issue 3)."""
