@@ -102,16 +102,8 @@ def _upstream(settings: Settings, group: ReplicaGroup) -> list[str]:
     return lines
 
 
-def _listen(port: int, host: str | None) -> str:
-    return f"listen {host}:{port};" if host else f"listen {port};"
-
-
-def render(settings: Settings, listen_host: str | None = None) -> str:
-    """The main nginx.conf. Pure: the same settings give the same text.
-
-    `listen_host` binds the entry server to one address; the container leaves it unset
-    (all addresses), the local stack runner gives each process its own loopback address.
-    """
+def render(settings: Settings) -> str:
+    """The main nginx.conf. Pure: the same settings give the same text."""
     balancer = settings.balancer
     group = settings.default_group
     lines = [
@@ -134,7 +126,7 @@ def render(settings: Settings, listen_host: str | None = None) -> str:
         *(f"    {line}" for line in _upstream(settings, group)),
         "",
         "    server {",
-        f"        {_listen(contract.BALANCER_PORT, listen_host)}",
+        f"        listen {contract.BALANCER_PORT};",
         f"        client_max_body_size {settings.serving.max_body_mb}m;",
         "",
         f"        location = {HEALTH_ROUTE} {{",
@@ -166,13 +158,13 @@ def render(settings: Settings, listen_host: str | None = None) -> str:
     return "\n".join(lines)
 
 
-def render_status(settings: Settings, listen_host: str | None = None) -> str:
+def render_status(settings: Settings) -> str:
     """The stub_status server block, on a port that is never published on the host."""
     del settings  # the same for every stack today; taken so that callers need not change
     lines = [
         "# Rendered by nginx/render.py. Included by the main conf; needs nginx built with stub_status.",
         "server {",
-        f"    {_listen(contract.BALANCER_STATUS_PORT, listen_host)}",
+        f"    listen {contract.BALANCER_STATUS_PORT};",
         "    access_log off;",
         *(f"    allow {source};" for source in STATUS_ALLOWED),
         "    deny all;",

