@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -238,3 +239,65 @@ def running(*procs: Proc) -> Iterator[Sequence[Proc]]:
     finally:
         for p in procs:
             p.stop()
+
+
+@dataclass
+class Answer:
+    sent: float
+    received: float
+    status: int | None  # None: no HTTP answer (connection refused / closed before answering)
+    version: str | None
+    error: str | None = None
+
+
+def run_load(base_url: str, body: bytes, threads: int, max_requests: int, max_seconds: float,
+             stop: threading.Event | None = None) -> list[Answer]:
+    """Bounded closed-loop load: `threads` keep-alive clients, each sending the same JSON body
+    until `max_requests` in total, `max_seconds`, or `stop` is set. Returns every attempt."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    u = urlsplit(base_url)
+    answers: list[Answer] = []
+    lock = threading.Lock()
+    budget = [max_requests]
+    end = time.monotonic() + max_seconds
+    stop = stop or threading.Event()
+
+    def take() -> bool:
+        with lock:
+            if budget[0] <= 0 or stop.is_set() or time.monotonic() > end:
+                return False
+            budget[0] -= 1
+            return True
+
+    def worker() -> None:
+        conn: http.client.HTTPConnection | None = None
+        while take():
+            if conn is None:
+                conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
+            t0 = time.monotonic()
+            try:
+                conn.request("POST", contract.ROUTE_INVOCATIONS, body, {"Content-Type": "application/json"})
+                r = conn.getresponse()
+                r.read()
+                a = Answer(t0, time.monotonic(), r.status, r.getheader(contract.HEADER_MODEL_VERSION))
+                if r.getheader("connection", "").lower() == "close":
+                    conn.close()
+                    conn = None
+            except (OSError, http.client.HTTPException) as exc:
+                a = Answer(t0, time.monotonic(), None, None, repr(exc))
+                conn.close()
+                conn = None
+                time.sleep(0.01)  # a refused connect would otherwise spin through the budget
+            with lock:
+                answers.append(a)
+        if conn is not None:
+            conn.close()
+
+    ts = [threading.Thread(target=worker, daemon=True) for _ in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(max_seconds + 60)
+    return answers

@@ -274,8 +274,10 @@ class ReplicaApp:
             elapsed = time.perf_counter() - start
             self.metrics.observe(path if path in self._KNOWN else "other", status, elapsed)
             st = status
-            if st >= 400 or access.isEnabledFor(logging.DEBUG):
-                access.log(logging.DEBUG if st < 400 else logging.INFO, "request",
+            # Failed invocations at info; the rest (probes included) only at debug.
+            level = logging.INFO if st >= 400 and path == contract.ROUTE_INVOCATIONS else logging.DEBUG
+            if access.isEnabledFor(level):
+                access.log(level, "request",
                            extra={"method": method, "path": path, "status": st, "ms": round(elapsed * 1000, 3)})
             logs.request_id.reset(token)
 

@@ -69,8 +69,8 @@ class ModelManager:
         self.alias_version = version
         cur = self.current
         if cur is not None and cur.version == version:
-            if self.last_error is not None and self.last_error.version is None:
-                self.last_error = None  # the registry answers again
+            # The registry answers and wants what serves: whatever failed before is moot.
+            self.last_error = None
             return True
         started = time.monotonic()
         log.info("loading model version", extra={"model": self.cfg.model_name, "version": version,

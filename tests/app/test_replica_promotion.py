@@ -1,0 +1,176 @@
+"""Promotion without restarts: the alias moves under load and nothing fails; a version that
+cannot be loaded leaves the old one serving and is reported."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from app import contract
+from benchmarks import replica_procs as rp
+
+pytestmark = pytest.mark.live
+
+MODEL = "iris-promotion"
+ALIAS = "champion"
+COLS = ["sepal length (cm)", "sepal width (cm)", "petal length (cm)", "petal width (cm)"]
+BODY = ('{"dataframe_split": {"columns": %s, "data": [[5.9, 3.0, 4.2, 1.5]]}}'
+        % str(COLS).replace("'", '"')).encode()
+
+
+def _client(tracking: rp.Proc) -> Any:
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking.url)
+
+
+@pytest.fixture(scope="module")
+def versions(tracking: rp.Proc) -> dict[str, str]:
+    """v1 (alias), v2 registered by a second training with other hyper-parameters (alias
+    left alone), and a broken v3 whose flavour cannot be imported."""
+    first = rp.train(tracking.url, MODEL, ALIAS)
+    assert first["version"] == "1" and first["alias_version"] == "1", first
+    second = rp.train(tracking.url, MODEL, ALIAS, "--c", "0.05")
+    assert second["version"] == "2" and second["alias_version"] == "1", second  # not promoted
+    again = rp.train(tracking.url, MODEL, ALIAS, "--c", "0.05")
+    assert again["version"] == "2", again  # idempotent: same inputs, same version
+    skipped = rp.train(tracking.url, MODEL, ALIAS, env_extra={contract.ENV_TRAINER_ONLY_IF_EMPTY: "1"})
+    assert skipped["version"] is None and skipped["alias_version"] == "1", skipped
+
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking.url)
+    with tempfile.TemporaryDirectory() as d:
+        Path(d, "MLmodel").write_text("flavors:\n  python_function:\n    loader_module: mlserve_no_such_module\n")
+        mlflow.set_experiment("broken-models")
+        with mlflow.start_run() as run:
+            mlflow.log_artifacts(d, "broken")
+    broken = _client(tracking).create_model_version(MODEL, source=f"{run.info.artifact_uri}/broken",
+                                                    run_id=run.info.run_id)
+    return {"v1": "1", "v2": "2", "broken": str(broken.version)}
+
+
+@pytest.fixture(scope="module")
+def promo_replica(tracking: rp.Proc, versions: dict[str, str], workdir: Path) -> Iterator[rp.Proc]:
+    proc = rp.start_replica(tracking.url, MODEL, ALIAS, workdir, **{contract.ENV_POLL_INTERVAL_S: "0.5"})
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+def _health(p: rp.Proc) -> dict[str, Any]:
+    return httpx.get(p.url + contract.ROUTE_HEALTH, timeout=10).json()
+
+
+def _metric(p: rp.Proc, name: str) -> float:
+    for line in httpx.get(p.url + contract.ROUTE_METRICS, timeout=10).text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"metric {name} not exposed")
+
+
+def _requests_total(p: rp.Proc) -> float:
+    total = 0.0
+    for line in httpx.get(p.url + contract.ROUTE_METRICS, timeout=10).text.splitlines():
+        if line.startswith('mlserve_replica_requests_total{route="/invocations"'):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def _poll(cond: Any, deadline_s: float, what: str) -> None:
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        if cond():
+            return
+        time.sleep(0.05)  # poll interval
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_promotion_under_load(promo_replica: rp.Proc, versions: dict[str, str], tracking: rp.Proc) -> None:
+    client = _client(tracking)
+    client.set_registered_model_alias(MODEL, ALIAS, versions["v1"])
+    _poll(lambda: _health(promo_replica)["model"]["version"] == versions["v1"], 60, "v1 serving")
+
+    stop = threading.Event()
+    result: list[rp.Answer] = []
+    loader = threading.Thread(target=lambda: result.extend(
+        rp.run_load(promo_replica.url, BODY, threads=4, max_requests=50_000, max_seconds=90, stop=stop)))
+    loader.start()
+    try:
+        start = _requests_total(promo_replica)
+        _poll(lambda: _requests_total(promo_replica) > start + 100, 30, "load before the promotion")
+        client.set_registered_model_alias(MODEL, ALIAS, versions["v2"])
+        _poll(lambda: _health(promo_replica)["model"]["version"] == versions["v2"], 60, "v2 serving")
+        swapped = _requests_total(promo_replica)
+        _poll(lambda: _requests_total(promo_replica) > swapped + 200, 30, "load after the promotion")
+    finally:
+        stop.set()
+        loader.join(120)
+    assert not loader.is_alive()
+    assert len(result) > 300
+    failed = [a for a in result if a.status != 200]
+    assert not failed, failed[:5]
+    seen = {a.version for a in result}
+    assert seen == {versions["v1"], versions["v2"]}, seen
+    first_new = min(a.received for a in result if a.version == versions["v2"])
+    late_old = [a for a in result if a.sent > first_new and a.version != versions["v2"]]
+    assert not late_old, late_old[:5]
+    assert _metric(promo_replica, "mlserve_replica_model_swaps_total") >= 1
+    assert _metric(promo_replica, "mlserve_replica_model_version") == float(versions["v2"])
+    health = _health(promo_replica)
+    assert health["state"] == "ready" and health["last_error"] is None
+
+
+def test_failed_load_keeps_old_version(promo_replica: rp.Proc, versions: dict[str, str], tracking: rp.Proc) -> None:
+    client = _client(tracking)
+    serving = _health(promo_replica)["model"]["version"]
+    assert serving in (versions["v1"], versions["v2"])
+    failures = _metric(promo_replica, "mlserve_replica_model_load_failures_total")
+    client.set_registered_model_alias(MODEL, ALIAS, versions["broken"])
+    try:
+        _poll(lambda: (_health(promo_replica)["last_error"] or {}).get("version") == versions["broken"], 60,
+              "the failed load to be reported")
+        health = _health(promo_replica)
+        assert health["state"] == "degraded"
+        assert health["model"]["version"] == serving
+        assert health["model"]["alias_version"] == versions["broken"]
+        assert "mlserve_no_such_module" in health["last_error"]["message"]
+        assert httpx.get(promo_replica.url + contract.ROUTE_READY, timeout=10).status_code == 200
+        r = httpx.post(promo_replica.url + contract.ROUTE_INVOCATIONS, content=BODY,
+                       headers={"Content-Type": "application/json"}, timeout=10)
+        assert r.status_code == 200 and r.headers[contract.HEADER_MODEL_VERSION] == serving
+        assert _metric(promo_replica, "mlserve_replica_model_load_failures_total") > failures
+    finally:
+        client.set_registered_model_alias(MODEL, ALIAS, serving)
+    _poll(lambda: _health(promo_replica)["last_error"] is None, 30, "the error to clear once the alias is back")
+
+
+def test_replica_waits_for_a_model(tracking: rp.Proc, workdir: Path) -> None:
+    """No such model yet: the replica runs, /ready is 503, /health says why, and once the
+    model is registered it loads it by itself."""
+    name = f"iris-late-{os.getpid()}"
+    proc = rp.start_replica(tracking.url, name, ALIAS, workdir, wait_ready=False)
+    try:
+        proc.wait_http(contract.ROUTE_HEALTH, 60)
+        assert httpx.get(proc.url + contract.ROUTE_READY, timeout=10).status_code == 503
+        r = httpx.post(proc.url + contract.ROUTE_INVOCATIONS, content=BODY,
+                       headers={"Content-Type": "application/json"}, timeout=10)
+        assert r.status_code == 503 and r.headers.get("retry-after")
+        _poll(lambda: _health(proc)["last_error"] is not None, 30, "the missing model to be reported")
+        health = _health(proc)
+        assert health["state"] == "error" and name in health["last_error"]["message"]
+        out = rp.train(tracking.url, name, ALIAS)
+        assert out["version"] == "1"
+        proc.wait_http(contract.ROUTE_READY, 90)
+        assert _health(proc)["model"]["version"] == "1"
+    finally:
+        proc.stop()
