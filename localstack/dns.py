@@ -24,7 +24,9 @@ from typing import Any
 from dnslib import QTYPE, RCODE, RR, A, DNSRecord
 from dnslib.server import BaseResolver, DNSHandler, DNSLogger, DNSServer
 
-from nginx.render import RESOLVER_ADDRESS as DNS_ADDRESS  # noqa: E402 - the address the rendered conf names
+from nginx.render import RESOLVER_ADDRESS
+
+DNS_ADDRESS = RESOLVER_ADDRESS  # the resolver the rendered nginx.conf names (Docker's DNS)
 
 DNS_PORT = 53
 # Docker answers container names with TTL 600; nginx overrides it with `valid=`, so the TTL we
@@ -82,9 +84,7 @@ class TableResolver(BaseResolver):  # type: ignore[misc]
         name = str(request.q.qname).rstrip(".").lower()
         table = self.table()
         processes = table.get("processes", {})
-        addresses = [
-            a for a in table.get("hosts", {}).get(name, []) if a not in processes or _alive(*processes[a])
-        ]
+        addresses = [a for a in table.get("hosts", {}).get(name, []) if a not in processes or _alive(*processes[a])]
         if not addresses:
             reply.header.rcode = RCODE.NXDOMAIN
             return reply
@@ -117,4 +117,4 @@ if __name__ == "__main__":
     args = sys.argv[1:]
     if not args:
         sys.exit("usage: python -m localstack.dns <hosts.json> [address] [port]")
-    serve(Path(args[0]), *(args[1:2] or [DNS_ADDRESS]), *([int(args[2])] if len(args) > 2 else []))
+    serve(Path(args[0]), args[1] if len(args) > 1 else DNS_ADDRESS, int(args[2]) if len(args) > 2 else DNS_PORT)

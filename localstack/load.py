@@ -32,9 +32,25 @@ def run_locust(url: str, users: int, spawn_rate: float, run_time: str, csv_prefi
     if not 0 < bound <= 3600:
         raise ValueError("--run-time must be between 1s and 1h")
     argv = [
-        sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--host", url,
-        "--users", str(users), "--spawn-rate", str(spawn_rate), "--run-time", run_time,
-        "--stop-timeout", "5", "--only-summary", "--exit-code-on-error", "1",
+        sys.executable,
+        "-m",
+        "locust",
+        "-f",
+        str(LOCUSTFILE),
+        "--headless",
+        "--host",
+        url,
+        "--users",
+        str(users),
+        "--spawn-rate",
+        str(spawn_rate),
+        "--run-time",
+        run_time,
+        "--stop-timeout",
+        "5",
+        "--only-summary",
+        "--exit-code-on-error",
+        "1",
     ]
     if csv_prefix:
         argv += ["--csv", csv_prefix]

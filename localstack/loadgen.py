@@ -23,7 +23,7 @@ from app import contract
 @lru_cache(maxsize=1)
 def iris_row_body() -> bytes:
     """One iris row in the scoring protocol's dataframe_split form (the demo model's schema)."""
-    from sklearn.datasets import load_iris
+    from sklearn.datasets import load_iris  # type: ignore[import-untyped]
 
     data = load_iris()
     return json.dumps(
@@ -67,7 +67,9 @@ class LoadRun:
 class Load:
     """Background load: `with Load(url, ...) as run:` ... then read `run` after the block."""
 
-    def __init__(self, url: str, concurrency: int = 4, max_requests: int = 20_000, max_seconds: float = 60.0, timeout_s: float = 10.0) -> None:
+    def __init__(
+        self, url: str, concurrency: int = 4, max_requests: int = 20_000, max_seconds: float = 60.0, timeout_s: float = 10.0
+    ) -> None:
         check_loopback(url)
         self.url = url.rstrip("/") + contract.ROUTE_INVOCATIONS
         self.concurrency = concurrency

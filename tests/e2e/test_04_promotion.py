@@ -21,7 +21,9 @@ LOAD_ALLOWANCE_S = 15.0
 
 
 def _version_of(url: str) -> str:
-    r = httpx.post(url + contract.ROUTE_INVOCATIONS, content=iris_row_body(), headers={"content-type": "application/json"}, timeout=10)
+    r = httpx.post(
+        url + contract.ROUTE_INVOCATIONS, content=iris_row_body(), headers={"content-type": "application/json"}, timeout=10
+    )
     assert r.status_code == 200, r.text
     return r.headers[contract.HEADER_MODEL_VERSION]
 
@@ -54,7 +56,9 @@ def test_promotion_reaches_every_replica_under_load(stack):
         run = load.stop()
 
     assert not run.failures, f"{len(run.failures)} failed requests, e.g. {run.failures[:3]}"
-    assert set(first_seen) == set(replicas), f"not every replica serves v{new_version} within {poll_s + LOAD_ALLOWANCE_S}s: {first_seen}"
+    assert set(first_seen) == set(replicas), (
+        f"not every replica serves v{new_version} within {poll_s + LOAD_ALLOWANCE_S}s: {first_seen}"
+    )
     print(f"\npromotion to v{new_version}: seconds until each replica served it: {first_seen} (poll interval {poll_s}s)")
     versions_through_nginx = {a.version for a in run.answers}
     assert new_version in versions_through_nginx

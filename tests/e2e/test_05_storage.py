@@ -61,7 +61,12 @@ def _registry(stack) -> dict[str, object]:
 def _served_versions(stack) -> set[str]:
     out = set()
     for rep in info(stack)["replicas"].values():
-        r = httpx.post(rep["url"] + contract.ROUTE_INVOCATIONS, content=iris_row_body(), headers={"content-type": "application/json"}, timeout=10)
+        r = httpx.post(
+            rep["url"] + contract.ROUTE_INVOCATIONS,
+            content=iris_row_body(),
+            headers={"content-type": "application/json"},
+            timeout=10,
+        )
         assert r.status_code == 200, r.text
         out.add(r.headers[contract.HEADER_MODEL_VERSION])
     return out
