@@ -1,0 +1,319 @@
+"""Fast tests of the replica's parts, in process: configuration, device choice, metrics,
+admission control and draining, logs, and the Dockerfiles against the contract."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from app import contract
+from app.server import config as config_mod
+from app.server import logs
+from app.server.asgi import ReplicaApp
+from app.server.metrics import Metrics
+from app.server.model import Answer, NotFast, resolve_device
+
+ROOT = Path(__file__).resolve().parents[2]
+APP = ROOT / "app"
+BASE_ENV = {contract.ENV_TRACKING_URI: "http://127.0.0.1:1", contract.ENV_MODEL_NAME: "m",
+            contract.ENV_MODEL_ALIAS: "champion"}
+
+
+# -- configuration --------------------------------------------------------------------------
+
+def test_config_defaults_and_overrides() -> None:
+    cfg = config_mod.from_env(BASE_ENV)
+    assert cfg.port == contract.REPLICA_PORT and cfg.bind_host == "0.0.0.0"
+    assert cfg.device == contract.DEVICE_AUTO
+    assert cfg.model_uri == "models:/m@champion"
+    cfg = config_mod.from_env({**BASE_ENV, contract.ENV_PORT: "9001", contract.ENV_MAX_BATCH_SIZE: "7",
+                               contract.ENV_MAX_BATCH_WAIT_MS: "0.5", contract.ENV_DEVICE: "CUDA",
+                               contract.ENV_INSTANCE_ID: "r-3"})
+    assert (cfg.port, cfg.max_batch_size, cfg.max_batch_wait_ms, cfg.device, cfg.instance_id) == \
+        (9001, 7, 0.5, contract.DEVICE_CUDA, "r-3")
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    (contract.ENV_PORT, "http"), (contract.ENV_PORT, "70000"), (contract.ENV_MAX_BATCH_SIZE, "0"),
+    (contract.ENV_MAX_QUEUE, "1.5"), (contract.ENV_DEVICE, "tpu"), (contract.ENV_LOG_LEVEL, "loud"),
+    (contract.ENV_MAX_BODY_BYTES, "-1"), (contract.ENV_POLL_INTERVAL_S, "never"),
+])
+def test_config_errors_name_the_variable(key: str, value: str) -> None:
+    with pytest.raises(config_mod.ConfigError, match=key):
+        config_mod.from_env({**BASE_ENV, key: value})
+
+
+@pytest.mark.parametrize("missing", [contract.ENV_TRACKING_URI, contract.ENV_MODEL_NAME, contract.ENV_MODEL_ALIAS])
+def test_config_requires_model_coordinates(missing: str) -> None:
+    env = {k: v for k, v in BASE_ENV.items() if k != missing}
+    with pytest.raises(config_mod.ConfigError, match=missing):
+        config_mod.from_env(env)
+
+
+def test_server_exits_2_with_the_bad_variable_named() -> None:
+    out = subprocess.run([sys.executable, "-m", contract.REPLICA_MODULE], cwd=ROOT, capture_output=True, text=True,
+                         env={"PATH": "/usr/bin:/bin", **BASE_ENV, contract.ENV_DEVICE: "tpu"}, timeout=120)
+    assert out.returncode == 2 and contract.ENV_DEVICE in out.stderr
+
+
+# -- device -------------------------------------------------------------------------------
+
+def _never() -> bool:
+    raise AssertionError("torch must not be consulted for this model")
+
+
+def test_device_cpu_for_non_torch_flavours_without_touching_torch() -> None:
+    for requested in (contract.DEVICE_AUTO, contract.DEVICE_CPU, contract.DEVICE_CUDA):
+        assert resolve_device(requested, ["python_function", "sklearn"], _never) == contract.DEVICE_CPU
+
+
+def test_device_for_pytorch_models() -> None:
+    flavors = ["python_function", "pytorch"]
+    assert resolve_device(contract.DEVICE_AUTO, flavors, lambda: True) == contract.DEVICE_CUDA
+    assert resolve_device(contract.DEVICE_AUTO, flavors, lambda: False) == contract.DEVICE_CPU
+    assert resolve_device(contract.DEVICE_CPU, flavors, _never) == contract.DEVICE_CPU
+    assert resolve_device(contract.DEVICE_CUDA, flavors, lambda: True) == contract.DEVICE_CUDA
+    with pytest.raises(RuntimeError, match=contract.ENV_DEVICE):
+        resolve_device(contract.DEVICE_CUDA, flavors, lambda: False)
+
+
+def test_server_never_imports_torch() -> None:
+    code = ("import sys, app.server.__main__, app.server.asgi, app.server.model, app.server.manager;"
+            "sys.exit(1 if 'torch' in sys.modules else 0)")
+    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, timeout=120).returncode == 0
+
+
+# -- metrics and logs ---------------------------------------------------------------------
+
+def test_metrics_exposition() -> None:
+    m = Metrics("r-1", "m", "champion")
+    m.observe(contract.ROUTE_INVOCATIONS, 200, 0.003)
+    m.observe(contract.ROUTE_INVOCATIONS, 400, 0.3)
+    m.model_loaded("3", None, 1.0)
+    m.model_loaded("4", "3", 1.0)
+    m.load_failures.inc()
+    m.batch_rows.observe(5)
+    text = m.render().decode()
+    assert 'mlserve_replica_requests_total{route="/invocations",status="200"} 1.0' in text
+    assert 'mlserve_replica_request_duration_seconds_bucket{le="0.005",route="/invocations"} 1.0' in text
+    assert 'mlserve_replica_request_duration_seconds_bucket{le="+Inf",route="/invocations"} 2.0' in text
+    assert "mlserve_replica_model_version 4.0" in text
+    assert 'mlserve_replica_model_version_info{alias="champion",model="m",version="3"} 0.0' in text
+    assert "mlserve_replica_model_load_failures_total 1.0" in text
+    assert "mlserve_replica_model_swaps_total 1.0" in text
+    assert "mlserve_replica_batch_rows_count 1.0" in text
+
+
+def test_json_log_lines_carry_instance_and_request_id() -> None:
+    fmt = logs.JsonFormatter("r-9")
+    token = logs.request_id.set("req-1")
+    try:
+        rec = logging.LogRecord("x", logging.INFO, __file__, 1, "hello %s", ("you",), None)
+        rec.status = 400
+        line = json.loads(fmt.format(rec))
+    finally:
+        logs.request_id.reset(token)
+    assert line["instance_id"] == "r-9" and line["request_id"] == "req-1"
+    assert line["msg"] == "hello you" and line["status"] == 400 and line["level"] == "info"
+
+
+# -- the ASGI app in process --------------------------------------------------------------
+
+class _FakeModel:
+    """Takes MLflow's path for everything; scoring blocks until released."""
+
+    version = "7"
+    fast = None
+    flavor = "fake"
+    device = contract.DEVICE_CPU
+    loaded_at = 0.0
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.entered = threading.Event()
+
+    def parse_fast(self, body: bytes, ct: str | None) -> np.ndarray:
+        raise NotFast
+
+    def score_reference(self, body: bytes, ct: str | None) -> Answer:
+        self.entered.set()
+        self.release.wait(10)
+        return Answer(200, b'{"predictions": [1]}')
+
+
+class _FakeManager:
+    def __init__(self, model: Any) -> None:
+        self.current = model
+        self.last_error = None
+        self.last_check = None
+        self.alias_version = None
+
+    def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+
+def _app(model: Any, **env: str) -> ReplicaApp:
+    cfg = config_mod.from_env({**BASE_ENV, contract.ENV_INSTANCE_ID: "r-test", **env})
+    return ReplicaApp(cfg, manager=_FakeManager(model))  # type: ignore[arg-type]
+
+
+def _run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+def test_queue_full_answers_503_with_retry_after() -> None:
+    model = _FakeModel()
+    app = _app(model, **{contract.ENV_MAX_QUEUE: "1"})
+
+    async def scenario() -> None:
+        await app.startup()
+        try:
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+                first = asyncio.create_task(c.post(contract.ROUTE_INVOCATIONS, content=b"{}",
+                                                   headers={"Content-Type": "application/json"}))
+                await asyncio.to_thread(model.entered.wait, 10)
+                second = await c.post(contract.ROUTE_INVOCATIONS, content=b"{}",
+                                      headers={"Content-Type": "application/json"})
+                assert second.status_code == 503
+                assert second.headers["retry-after"]
+                assert second.json()["error_code"] == "TEMPORARILY_UNAVAILABLE"
+                model.release.set()
+                r = await first
+                assert r.status_code == 200
+                assert r.headers[contract.HEADER_MODEL_VERSION] == "7"
+                assert r.headers[contract.HEADER_INSTANCE_ID] == "r-test"
+                metrics = (await c.get(contract.ROUTE_METRICS)).text
+                assert "mlserve_replica_rejected_total 1.0" in metrics
+        finally:
+            model.release.set()
+            await app.shutdown()
+
+    _run(scenario())
+
+
+def test_draining_turns_ready_503_at_once_and_keeps_serving_inflight() -> None:
+    model = _FakeModel()
+    app = _app(model)
+
+    async def scenario() -> None:
+        await app.startup()
+        try:
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+                assert (await c.get(contract.ROUTE_READY)).status_code == 200
+                inflight = asyncio.create_task(c.post(contract.ROUTE_INVOCATIONS, content=b"{}",
+                                                      headers={"Content-Type": "application/json"}))
+                await asyncio.to_thread(model.entered.wait, 10)
+                app.begin_drain()  # what SIGTERM calls
+                ready = await c.get(contract.ROUTE_READY)
+                assert ready.status_code == 503 and ready.json()["state"] == "draining"
+                assert (await c.get(contract.ROUTE_HEALTH)).json()["state"] == "draining"
+                model.release.set()
+                assert (await inflight).status_code == 200
+        finally:
+            model.release.set()
+            await app.shutdown()
+
+    _run(scenario())
+
+
+def test_no_model_yet_and_request_ids_and_unknown_routes() -> None:
+    app = _app(None)
+
+    async def scenario() -> None:
+        await app.startup()
+        try:
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+                r = await c.post(contract.ROUTE_INVOCATIONS, content=b"{}",
+                                 headers={"Content-Type": "application/json", contract.HEADER_REQUEST_ID: "abc-123"})
+                assert r.status_code == 503 and r.headers["retry-after"]
+                assert r.headers[contract.HEADER_REQUEST_ID] == "abc-123"
+                assert (await c.get(contract.ROUTE_READY)).status_code == 503
+                assert (await c.get(contract.ROUTE_PING)).status_code == 503
+                h = (await c.get(contract.ROUTE_HEALTH)).json()
+                assert h["state"] == "loading" and h["instance_id"] == "r-test" and h["model"]["version"] is None
+                a = await c.get(contract.ROUTE_HEALTH)
+                b = await c.get(contract.ROUTE_HEALTH)
+                assert a.headers[contract.HEADER_REQUEST_ID] != b.headers[contract.HEADER_REQUEST_ID]
+                assert (await c.get("/nope")).status_code == 404
+                assert (await c.post(contract.ROUTE_HEALTH)).status_code == 405
+                assert (await c.get(contract.ROUTE_INVOCATIONS)).status_code == 405
+        finally:
+            await app.shutdown()
+
+    _run(scenario())
+
+
+# -- images -------------------------------------------------------------------------------
+
+def _instructions(dockerfile: str) -> list[tuple[str, str]]:
+    text = (APP / dockerfile).read_text().replace("\\\n", " ")
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            word, _, rest = line.partition(" ")
+            out.append((word.upper(), rest.strip()))
+    return out
+
+
+def test_replica_dockerfile_matches_the_contract() -> None:
+    ins = _instructions(contract.REPLICA_DOCKERFILE)
+    get = lambda k: [v for w, v in ins if w == k]  # noqa: E731
+    assert f"{contract.BUILD_ARG_VARIANT}=cpu" in get("ARG")
+    assert get("WORKDIR") == [contract.IMAGE_WORKDIR]
+    assert f"{contract.IMAGE_WORKDIR}/app" in get("COPY")[-1]
+    assert get("EXPOSE") == [str(contract.REPLICA_PORT)]
+    assert get("STOPSIGNAL") == ["SIGTERM"]
+    user = get("USER")[-1]
+    assert not user.startswith(("root", "0")), user
+    assert json.loads(get("CMD")[-1]) == ["python", "-m", contract.REPLICA_MODULE]  # exec form
+    hc = get("HEALTHCHECK")[-1]
+    assert "app.server.probe" in hc and "CMD [" in hc
+    run = " ".join(get("RUN"))
+    assert "requirements.txt" in run and "requirements-cuda.txt" in run
+
+
+def test_mlflow_dockerfile_installs_pinned_drivers() -> None:
+    ins = _instructions(contract.TRACKING_DOCKERFILE)
+    run = " ".join(v for w, v in ins if w == "RUN")
+    for pkg in ("mlflow", "pymysql", "boto3"):
+        assert pkg in run
+    assert [v for w, v in ins if w == "EXPOSE"] == [str(contract.MLFLOW_PORT)]
+    assert f"127.0.0.1:{contract.MLFLOW_PORT}/health" in " ".join(v for w, v in ins if w == "HEALTHCHECK")
+    assert [v for w, v in ins if w == "USER"][-1].split(":")[0] != "0"
+
+
+def test_requirements_are_pinned_and_torch_is_opt_in() -> None:
+    reqs = [ln.strip() for ln in (APP / "requirements.txt").read_text().splitlines()
+            if ln.strip() and not ln.startswith("#")]
+    for ln in reqs:
+        assert re.fullmatch(r"[A-Za-z0-9_.\-]+(\[[a-z,]+\])?==[\w.]+", ln), ln
+    assert not any(ln.startswith("torch") for ln in reqs)
+    cuda = [ln.strip() for ln in (APP / "requirements-cuda.txt").read_text().splitlines()
+            if ln.strip() and not ln.startswith("#")]
+    assert cuda and all("==" in ln for ln in cuda) and any(ln.startswith("torch==") for ln in cuda)
+
+
+def test_probe_fails_when_nothing_listens() -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = subprocess.run([sys.executable, "-m", "app.server.probe"], cwd=ROOT, capture_output=True, timeout=60,
+                         env={"PATH": "/usr/bin:/bin", contract.ENV_PORT: str(port)})
+    assert out.returncode == 1
