@@ -188,7 +188,8 @@ def train(tracking_uri: str, name: str, alias: str, *args: str, env_extra: dict[
     if out.returncode != 0:
         raise RuntimeError(f"trainer failed ({out.returncode}):\n{out.stdout.decode()[-3000:]}\n{out.stderr.decode()[-3000:]}")
     lines = [ln for ln in out.stdout.decode().splitlines() if ln.startswith("{")]
-    return json.loads(lines[-1])
+    doc: dict[str, object] = json.loads(lines[-1])
+    return doc
 
 
 def start_mlflow_serve(tracking_uri: str, model_uri: str, logdir: Path, cpus: str | None = None,
@@ -275,7 +276,7 @@ def run_load(base_url: str, body: bytes, threads: int, max_requests: int, max_se
         conn: http.client.HTTPConnection | None = None
         while take():
             if conn is None:
-                conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
+                conn = http.client.HTTPConnection(u.hostname or HOST, u.port, timeout=30)
             t0 = time.monotonic()
             try:
                 conn.request("POST", contract.ROUTE_INVOCATIONS, body, {"Content-Type": "application/json"})
@@ -287,7 +288,8 @@ def run_load(base_url: str, body: bytes, threads: int, max_requests: int, max_se
                     conn = None
             except (OSError, http.client.HTTPException) as exc:
                 a = Answer(t0, time.monotonic(), None, None, repr(exc))
-                conn.close()
+                if conn is not None:
+                    conn.close()
                 conn = None
                 time.sleep(0.01)  # a refused connect would otherwise spin through the budget
             with lock:

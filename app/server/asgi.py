@@ -135,7 +135,7 @@ class Batcher:
             if model_rows:
                 self.metrics.batch_rows.observe(model_rows)
                 self.metrics.batch_requests.observe(len(batch))
-            for item, answer in zip(batch, answers):
+            for item, answer in zip(batch, answers, strict=True):
                 if not item.future.done():
                     item.future.set_result(answer)
 
@@ -156,7 +156,7 @@ def _score(batch: list[_Item]) -> tuple[list[Answer], int]:
             except Exception:  # noqa: BLE001 - NotFast or a model error: MLflow's path decides
                 pass
         return [m.score_reference(first.body, first.content_type)], 0
-    rows = first.rows if len(batch) == 1 else np.concatenate([i.rows for i in batch])  # type: ignore[misc]
+    rows = first.rows if len(batch) == 1 else np.concatenate([i.rows for i in batch if i.rows is not None])
     try:
         preds = m.predict_fast(rows)
         if len(preds) != len(rows):
@@ -253,6 +253,7 @@ class ReplicaApp:
             rid = f"{self._rid_prefix}-{self._rid_counter:x}"
         token = logs.request_id.set(rid)
         status = 500  # what the client sees if anything below raises
+        extra: list[tuple[bytes, bytes]]
         try:
             if path == contract.ROUTE_INVOCATIONS:
                 if method != "POST":

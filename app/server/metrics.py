@@ -45,9 +45,10 @@ class _RequestStats(Collector):
         h = HistogramMetricFamily(f"{PREFIX}_request_duration_seconds",
                                   "Time from request start to answer, by route.", labels=["route"])
         for route, counts in sorted(self.hist.items()):
-            cum, buckets = 0.0, []
-            for le, n in zip(LATENCY_BUCKETS, counts):
-                cum += n
+            cum = 0.0
+            buckets: list[tuple[str, float]] = []
+            for le, in_bucket in zip(LATENCY_BUCKETS, counts, strict=False):
+                cum += in_bucket
                 buckets.append((repr(le), cum))
             cum += counts[len(LATENCY_BUCKETS)]
             buckets.append(("+Inf", cum))

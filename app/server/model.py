@@ -78,9 +78,9 @@ class LoadedModel:
         from mlflow.pyfunc import scoring_server
 
         try:
-            res = scoring_server.invocations(body, content_type, self.pyfunc, self.input_schema)
+            res = scoring_server.invocations(body, content_type, self.pyfunc, self.input_schema)  # type: ignore[no-untyped-call]
         except MlflowException as e:
-            return Answer(e.get_http_status_code(), e.serialize_as_json().encode())
+            return Answer(e.get_http_status_code(), e.serialize_as_json().encode())  # type: ignore[no-untyped-call]
         except Exception:  # noqa: BLE001 - MLflow's server lets these escape as a bare 500
             log.warning("unexpected error in reference scoring", extra={"exc_text": traceback.format_exc(limit=5)})
             return Answer(500, b"Internal Server Error", "text/plain; charset=utf-8")
@@ -138,7 +138,7 @@ class LoadedModel:
                 n = len(cols[0])
                 if n == 0 or any(len(c) != n for c in cols):
                     raise NotFast
-                rows = [list(r) for r in zip(*cols)]
+                rows = [list(r) for r in zip(*cols, strict=True)]
             else:
                 raise NotFast
         else:
@@ -183,7 +183,8 @@ def encode_predictions(preds: np.ndarray) -> bytes:
     # Strings and objects: let MLflow's encoder decide, exactly.
     from mlflow.utils.proto_json_utils import NumpyEncoder, _get_jsonable_obj
 
-    return json.dumps({"predictions": _get_jsonable_obj(preds, pandas_orient="records")}, cls=NumpyEncoder).encode()
+    jsonable = _get_jsonable_obj(preds, pandas_orient="records")  # type: ignore[no-untyped-call]
+    return json.dumps({"predictions": jsonable}, cls=NumpyEncoder).encode()
 
 
 # ---- loading ----------------------------------------------------------------------------

@@ -19,9 +19,8 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import replica_procs as rp  # noqa: E402
-
 from app import contract  # noqa: E402
+from benchmarks import replica_procs as rp  # noqa: E402
 
 CONF_MODEL = "iris-conformance"
 ALIAS = "champion"

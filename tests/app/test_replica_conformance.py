@@ -23,7 +23,7 @@ JSON = "application/json"
 
 
 def records(rows: list[list[Any]]) -> list[dict[str, Any]]:
-    return [dict(zip(COLS, r)) for r in rows]
+    return [dict(zip(COLS, r, strict=True)) for r in rows]
 
 
 def columnar(rows: list[list[Any]]) -> dict[str, list[Any]]:
@@ -155,7 +155,7 @@ def test_body_over_limit_is_413_and_harmless(replica: Any, max_body_bytes: int) 
     MAX_BODY_BYTES = max_body_bytes
     row = json.dumps(ROWS[0])
     n = MAX_BODY_BYTES // len(row) + 10
-    big = ('{"dataframe_split": {"columns": %s, "data": [%s]}}' % (json.dumps(COLS), ",".join([row] * n))).encode()
+    big = ('{"dataframe_split": {"columns": ' + json.dumps(COLS) + ', "data": [' + ",".join([row] * n) + "]}}").encode()
     assert len(big) > MAX_BODY_BYTES
     r = _post(replica.url, JSON, big)
     assert r.status_code == 413
@@ -188,7 +188,7 @@ def test_concurrent_mix_is_batched_and_bad_requests_disturb_nobody(replica: Any,
     before = _batch_requests_sum(replica.url)
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
         got = list(pool.map(lambda cb: _post(replica.url, *cb), requests))
-    for g, e in zip(got, expected):
+    for g, e in zip(got, expected, strict=True):
         _compare(g, e)
     after = _batch_requests_sum(replica.url)
     assert after[1] > before[1]  # model calls happened

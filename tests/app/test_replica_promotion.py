@@ -3,6 +3,7 @@ cannot be loaded leaves the old one serving and is reported."""
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import threading
@@ -22,8 +23,7 @@ pytestmark = pytest.mark.live
 MODEL = "iris-promotion"
 ALIAS = "champion"
 COLS = ["sepal length (cm)", "sepal width (cm)", "petal length (cm)", "petal width (cm)"]
-BODY = ('{"dataframe_split": {"columns": %s, "data": [[5.9, 3.0, 4.2, 1.5]]}}'
-        % str(COLS).replace("'", '"')).encode()
+BODY = json.dumps({"dataframe_split": {"columns": COLS, "data": [[5.9, 3.0, 4.2, 1.5]]}}).encode()
 
 
 def _client(tracking: rp.Proc) -> Any:
