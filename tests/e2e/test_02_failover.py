@@ -59,6 +59,10 @@ def test_killed_replica_costs_no_request_and_gets_no_more_traffic(stack):
         f"nginx tried the dead replica {len(failed_on_victim)} times after the kill"
     )
     assert all(victim_addr not in e.get("upstream_addr", "") for e in entries[-100:]), "still sending to the dead replica"
+    print(
+        f"\nkilled {victim} at {killed_at:.1f}s: {len(run.answers)} answers, 0 failed; nginx tried the dead "
+        f"replica {len(failed_on_victim)} times (each passed on to another replica)"
+    )
 
     # `up` again, as Docker's restart policy would: the dead replica (only) is started again.
     others = {n: r["pid"] for n, r in stack.status()["processes"].items() if n != victim and r.get("pid")}
