@@ -65,13 +65,13 @@ def test_stack_files_use_known_keys_with_schema_types(stack: str) -> None:
 
 
 def test_config_reference_lists_every_key_with_its_default() -> None:
-    text = (PROJECT_ROOT / "docs" / "config.md").read_text()
+    text = (PROJECT_ROOT / "README.md").read_text()
     table = text.split("| Key | Default |", 1)[1].split("\n\n", 1)[0]
     rows = {line.split("|")[1].strip().strip("`"): line for line in table.splitlines() if line.startswith("| `")}
     assert set(rows) == set(settings.DEFAULTS)
     for key, default in settings.DEFAULTS.items():
         shown = "(unset)" if default is None else str(default).lower() if isinstance(default, bool) else str(default)
-        assert f"`{shown}`" in rows[key] or shown in rows[key], f"docs/config.md: {key} default {shown}"
+        assert f"`{shown}`" in rows[key] or shown in rows[key], f"README.md: {key} default {shown}"
 
 
 def test_readme_free_paths_exist() -> None:
