@@ -121,7 +121,8 @@ def _find_version(client: Any, name: str, fp: str) -> str | None:
     return str(max(int(v.version) for v in ready)) if ready else None
 
 
-def train_and_register(args: argparse.Namespace, client: Any) -> str:
+def train_and_register(args: argparse.Namespace, client: Any) -> tuple[str, bool]:
+    """The version for these inputs, and whether it was registered just now."""
     import mlflow
     import numpy as np
     from mlflow.models import infer_signature
@@ -132,7 +133,7 @@ def train_and_register(args: argparse.Namespace, client: Any) -> str:
     fp = fingerprint(params)
     existing = _find_version(client, args.model_name, fp)
     if existing is not None:
-        return existing
+        return existing, False
 
     iris = load_iris(as_frame=True)
     X = iris.data.astype(np.float64)
@@ -149,7 +150,7 @@ def train_and_register(args: argparse.Namespace, client: Any) -> str:
         mlflow.set_tag(FINGERPRINT_TAG, fp)
         info = mlflow.sklearn.log_model(model, name="model", signature=signature, input_example=X.head(3))
         mv = mlflow.register_model(info.model_uri, args.model_name, tags={FINGERPRINT_TAG: fp})
-    return str(mv.version)
+    return str(mv.version), True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -167,15 +168,17 @@ def main(argv: list[str] | None = None) -> int:
                           "version": None, "action": "skipped: alias already set"}), flush=True)
         return 0
 
-    version = train_and_register(args, client)
+    version, created = train_and_register(args, client)
+    verb = "registered" if created else "reused (same inputs)"
     if current is None or args.promote:
         client.set_registered_model_alias(args.model_name, args.alias, version)
-        action = "alias set" if current != version else "alias unchanged"
+        action = f"{verb}; alias " + ("moved" if current is not None and current != version else
+                                      "set" if current is None else "unchanged")
     else:
-        action = "registered; alias left in place (use --promote to move it)"
+        action = f"{verb}; alias left at version {current} (use --promote to move it)"
     after = _alias_version(client, args.model_name, args.alias)
     print(json.dumps({"model": args.model_name, "alias": args.alias, "alias_version": after,
-                      "version": version, "action": action}), flush=True)
+                      "version": version, "registered": created, "action": action}), flush=True)
     return 0
 
 

@@ -4,9 +4,14 @@ Bare ASGI rather than a framework: on one core the routing and request objects o
 framework cost as much as scoring a small model, and the interface is six routes.
 
 Scoring runs off the event loop on one model thread. Requests the fast path can
-judge are queued as numpy rows and merged into micro-batches (up to
-`max_batch_size` rows, waiting at most `max_batch_wait_ms` for company); the rest
-run MLflow's own scoring code one by one on the same thread. Admission is bounded:
+judge are queued as numpy rows and merged into micro-batches of up to
+`max_batch_size` rows; the rest run MLflow's own scoring code one by one on the
+same thread. Batches form by themselves: whatever queued up while the model thread
+was busy goes in the next call. A batch waits (at most `max_batch_wait_ms`) only
+for requests already admitted whose body is still being received, never on the
+chance that another client might send something: measured here, a blind 2 ms wait
+cut single-row throughput at 8 connections from ~5,000 to ~2,000 req/s, because
+closed-loop clients cannot send more until they are answered. Admission is bounded:
 past `max_queue` outstanding invocations the answer is 503 with Retry-After.
 """
 
@@ -17,6 +22,7 @@ import collections
 import logging
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -61,7 +67,8 @@ class _Item:
 
 
 class Batcher:
-    def __init__(self, cfg: Config, metrics: Metrics) -> None:
+    def __init__(self, cfg: Config, metrics: Metrics, receiving: Callable[[], int] = lambda: 0) -> None:
+        self.receiving = receiving  # admitted requests not yet queued (body still arriving)
         self.max_rows = cfg.max_batch_size
         self.max_wait = cfg.max_batch_wait_ms / 1000.0
         self.metrics = metrics
@@ -102,7 +109,7 @@ class Batcher:
         deadline = None
         while n < self.max_rows:
             if not q:
-                if self.max_wait <= 0:
+                if self.max_wait <= 0 or self.receiving() <= 0:
                     break
                 loop = asyncio.get_running_loop()
                 if deadline is None:
@@ -180,6 +187,7 @@ class ReplicaApp:
         self.batcher: Batcher | None = None
         self.draining = False
         self.pending = 0
+        self.receiving = 0  # admitted, body not yet read and queued
         self.served = 0  # invocations answered 200: the shutdown test compares it with the client's count
         self._instance = cfg.instance_id.encode()
         self._rid_prefix = os.urandom(6).hex()
@@ -192,7 +200,7 @@ class ReplicaApp:
 
     # -- lifecycle ----------------------------------------------------------------------
     async def startup(self) -> None:
-        self.batcher = Batcher(self.cfg, self.metrics)
+        self.batcher = Batcher(self.cfg, self.metrics, lambda: self.receiving)
         self.batcher.start()
         self.manager.start()
         log.info("replica started", extra={"model_uri": self.cfg.model_uri, "port": self.cfg.port,
@@ -313,6 +321,8 @@ class ReplicaApp:
             self.metrics.rejected.inc()
             return 503, _error("TEMPORARILY_UNAVAILABLE", f"queue full ({self.cfg.max_queue} requests outstanding); retry later"), _H_JSON, [(b"retry-after", RETRY_AFTER_S.encode())]
         self.pending += 1
+        self.receiving += 1
+        queued = False
         try:
             body = await self._read_body(receive, clen)
             if body is None:
@@ -326,9 +336,13 @@ class ReplicaApp:
                     rows = m.parse_fast(body, ct)
                 except NotFast:
                     rows = None
+            self.receiving -= 1
+            queued = True
             self.batcher.submit(_Item(m, fut, rows, body, ct, parsed))
             ans = await fut
         finally:
+            if not queued:
+                self.receiving -= 1
             self.pending -= 1
         if ans.status == 200:
             self.served += 1

@@ -39,11 +39,14 @@ def versions(tracking: rp.Proc) -> dict[str, str]:
     first = rp.train(tracking.url, MODEL, ALIAS)
     assert first["version"] == "1" and first["alias_version"] == "1", first
     second = rp.train(tracking.url, MODEL, ALIAS, "--c", "0.05")
-    assert second["version"] == "2" and second["alias_version"] == "1", second  # not promoted
-    again = rp.train(tracking.url, MODEL, ALIAS, "--c", "0.05")
-    assert again["version"] == "2", again  # idempotent: same inputs, same version
+    assert second["version"] == "2" and second["registered"] is True, second
+    assert second["alias_version"] == "1", second  # not promoted without --promote
+    # Idempotent: the same inputs again reuse version 2; --promote moves the alias to it.
+    again = rp.train(tracking.url, MODEL, ALIAS, "--c", "0.05", "--promote")
+    assert again["version"] == "2" and again["registered"] is False and again["alias_version"] == "2", again
     skipped = rp.train(tracking.url, MODEL, ALIAS, env_extra={contract.ENV_TRAINER_ONLY_IF_EMPTY: "1"})
-    assert skipped["version"] is None and skipped["alias_version"] == "1", skipped
+    assert skipped["version"] is None and skipped["alias_version"] == "2", skipped
+    _client(tracking).set_registered_model_alias(MODEL, ALIAS, "1")  # the replica starts on v1
 
     import mlflow
 
