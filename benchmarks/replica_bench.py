@@ -79,8 +79,8 @@ def main() -> int:
     ap.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up load before each run")
     ap.add_argument("--connections", type=int, nargs="+", default=[8, 32])
     ap.add_argument("--rounds", type=int, default=3, help="measured runs per server and concurrency (median)")
-    ap.add_argument("--max-batch-size", default="32")
-    ap.add_argument("--max-batch-wait-ms", default="0")
+    ap.add_argument("--max-batch-size", default="32", help="the stack default (maxBatchSize)")
+    ap.add_argument("--max-batch-wait-ms", default="2", help="the stack default (maxBatchWaitMs)")
     ap.add_argument("--json", help="also write the figures to this file")
     args = ap.parse_args()
     if not shutil.which("wrk") or not shutil.which("taskset"):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -47,6 +48,7 @@ class ModelManager:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-loader")
         self._task: asyncio.Task[None] | None = None
         self._client: Any = None
+        self._retired: list[model_mod.LoadedModel] = []
 
     # -- registry ------------------------------------------------------------------------
     def _resolve_alias(self) -> str:
@@ -82,6 +84,8 @@ class ModelManager:
             self._fail(version, f"loading {self.cfg.model_name} version {version} failed: {exc!r}")
             return False
         self.current = new  # the swap: requests admitted from now on use `new`
+        if cur is not None:
+            self._retire(cur)
         self.last_error = None
         self._failed_version = None
         self.metrics.model_loaded(new.version, cur.version if cur else None, time.monotonic() - started)
@@ -89,6 +93,15 @@ class ModelManager:
                                                  "flavor": new.flavor, "fast_path": new.fast is not None,
                                                  "previous_version": cur.version if cur else None})
         return True
+
+    def _retire(self, old: model_mod.LoadedModel) -> None:
+        """Delete the files of versions two swaps old: the one just replaced may still be
+        finishing requests (and some flavours read their files lazily), so it keeps its own."""
+        self._retired.append(old)
+        while len(self._retired) > 1:
+            gone = self._retired.pop(0)
+            if gone.local_dir:
+                shutil.rmtree(gone.local_dir, ignore_errors=True)
 
     def _fail(self, version: str | None, message: str) -> None:
         self.last_error = LoadError(version, message, time.time())

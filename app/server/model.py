@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
+import tempfile
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -69,6 +71,7 @@ class LoadedModel:
     pyfunc: Any
     input_schema: Any
     fast: FastSpec | None
+    local_dir: str | None = None
     loaded_at: float = field(default_factory=time.time)
 
     # ---- reference path -------------------------------------------------------------
@@ -251,17 +254,23 @@ def load(name: str, version: str, alias: str, requested_device: str) -> LoadedMo
     from mlflow.models import Model
 
     uri = f"models:/{name}/{version}"
-    local = mlflow.artifacts.download_artifacts(artifact_uri=uri)
-    flavors = list(Model.load(local).flavors)
-    device = resolve_device(requested_device, flavors, _torch_cuda_available)
-    config = {"device": device} if "pytorch" in flavors else None
-    pyfunc = mlflow.pyfunc.load_model(local, model_config=config)
-    flavor = next((f for f in flavors if f != "python_function"), "python_function")
-    model = LoadedModel(
-        name=name, version=str(version), alias=alias, uri=uri, device=device, flavor=flavor, pyfunc=pyfunc,
-        input_schema=pyfunc.metadata.get_input_schema(), fast=_fast_spec(pyfunc),
-    )
-    warm_up(model)
+    # Our own directory per version, so it can be removed once the version is retired.
+    local_dir = tempfile.mkdtemp(prefix=f"mlserve-v{version}-")
+    try:
+        local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=local_dir)
+        flavors = list(Model.load(local).flavors)
+        device = resolve_device(requested_device, flavors, _torch_cuda_available)
+        config = {"device": device} if "pytorch" in flavors else None
+        pyfunc = mlflow.pyfunc.load_model(local, model_config=config)
+        flavor = next((f for f in flavors if f != "python_function"), "python_function")
+        model = LoadedModel(
+            name=name, version=str(version), alias=alias, uri=uri, device=device, flavor=flavor, pyfunc=pyfunc,
+            input_schema=pyfunc.metadata.get_input_schema(), fast=_fast_spec(pyfunc), local_dir=local_dir,
+        )
+        warm_up(model)
+    except BaseException:
+        shutil.rmtree(local_dir, ignore_errors=True)  # a failed version leaves nothing behind
+        raise
     return model
 
 
