@@ -1,4 +1,4 @@
-"""`python -m localstack up|down|status|promote|load|report` (see localstack/__init__.py)."""
+"""Command line of the local stack."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+import localstack
 
 
 def _overrides(pairs: list[str]) -> dict[str, Any]:
@@ -23,7 +25,9 @@ def _overrides(pairs: list[str]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m localstack", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m localstack", description=localstack.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="cmd", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:

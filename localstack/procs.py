@@ -144,7 +144,10 @@ def tcp_open(host: str, port: int) -> Callable[[], bool]:
 def port_free(host: str, port: int, udp: bool = False) -> bool:
     kind = socket.SOCK_DGRAM if udp else socket.SOCK_STREAM
     with socket.socket(socket.AF_INET, kind) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # SO_REUSEADDR for TCP only (a TIME_WAIT socket is no owner). For UDP it would let
+        # this probe share the port with a running server that set it too (socketserver does).
+        if not udp:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:
