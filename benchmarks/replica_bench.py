@@ -167,16 +167,26 @@ def main() -> int:
             r = results[label][c]
             print(f"  {label:8s} c={c:<3d} {r['rps']:9.0f} req/s  p50 {r['p50']:8.2f} ms  p99 {r['p99']:8.2f} ms"
                   f"  RSS {r['rss_mb']:7.1f} MiB")
-    print("ratios (ours / mlflow models serve, ours / constant-answer ceiling):")
+    print("ratios, per round (the three runs of a round are back to back), median [min..max]:")
     for c in args.connections:
-        o, t, k = results["ours"][c], results["mlflow"][c], results["ceiling"][c]
-        print(f"  c={c:<3d} req/s x{o['rps'] / t['rps']:.1f}   p99 {o['p99'] / t['p99']:.3f} of theirs"
-              f"   RSS x{o['rss_mb'] / t['rss_mb']:.2f}   ceiling {o['rps'] / k['rps']:.2f}"
-              f"   (mlflow {t['rps']:.0f}, ours {o['rps']:.0f}, ceiling {k['rps']:.0f} req/s)")
+        o_rs, t_rs, k_rs = runs["ours"][c], runs["mlflow"][c], runs["ceiling"][c]
+        speed = [o["rps"] / t["rps"] for o, t in zip(o_rs, t_rs, strict=True)]
+        p99 = [o["p99"] / t["p99"] for o, t in zip(o_rs, t_rs, strict=True)]
+        ceil = [o["rps"] / k["rps"] for o, k in zip(o_rs, k_rs, strict=True)]
+        o, t = results["ours"][c], results["mlflow"][c]
+        print(f"  c={c:<3d} ours/mlflow req/s x{_span(speed, '.1f')}   ours/mlflow p99 {_span(p99, '.3f')}"
+              f"   ours/ceiling req/s {_span(ceil, '.2f')}   RSS ours/mlflow x{o['rss_mb'] / t['rss_mb']:.2f}")
+        results.setdefault("ratios", {})[c] = {"rps_vs_mlflow": statistics.median(speed),
+                                               "p99_vs_mlflow": statistics.median(p99),
+                                               "rps_vs_ceiling": statistics.median(ceil)}
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     shutil.rmtree(tmp, ignore_errors=True)
     return 0
+
+
+def _span(values: list[float], fmt: str) -> str:
+    return f"{format(statistics.median(values), fmt)} [{format(min(values), fmt)}..{format(max(values), fmt)}]"
 
 
 def _wait_port(p: rp.Proc, deadline_s: float = 30.0) -> None:
