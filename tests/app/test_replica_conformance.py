@@ -206,3 +206,21 @@ def _batch_requests_sum(base: str) -> tuple[float, float]:
             name, value = line.rsplit(" ", 1)
             vals[name] = float(value)
     return vals["mlserve_replica_batch_requests_sum"], vals["mlserve_replica_batch_requests_count"]
+
+
+def test_request_id_is_echoed_and_logged_as_json(replica: Any) -> None:
+    rid = "conformance-rid-42"
+    r = httpx.post(replica.url + contract.ROUTE_INVOCATIONS, content=b"{not json",
+                   headers={"Content-Type": JSON, contract.HEADER_REQUEST_ID: rid}, timeout=30)
+    assert r.status_code == 400
+    assert r.headers[contract.HEADER_REQUEST_ID] == rid
+    generated = _post(replica.url, *GOOD["split-1"]).headers[contract.HEADER_REQUEST_ID]
+    assert generated and generated != rid
+    lines = [json.loads(ln) for ln in replica.log_path.read_text().splitlines() if ln.startswith("{")]
+    assert lines, replica.tail()
+    mine = [ln for ln in lines if ln.get("request_id") == rid]
+    assert mine, replica.tail()
+    assert mine[-1]["instance_id"] == r.headers[contract.HEADER_INSTANCE_ID]
+    assert mine[-1]["status"] == 400 and mine[-1]["path"] == contract.ROUTE_INVOCATIONS
+    # Every line is JSON with the instance id (MLflow's own loggers included).
+    assert all("instance_id" in ln for ln in lines)
