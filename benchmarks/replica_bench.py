@@ -10,7 +10,9 @@ One run:
      body, at 8 and 32 connections (warm-up, then a measured run), the three servers
      taking turns for several rounds;
   4. prints req/s, p50, p99, RSS, non-2xx counts and the ratios ours/theirs and
-     ours/ceiling.
+     ours/ceiling. The ceiling is the constant answer on the replica's own stack (bare
+     ASGI); the same constant answer on Starlette is printed as a reference (the stack
+     the issue's reference figures were measured on), never used as the ceiling.
 
     .venv/bin/python benchmarks/replica_bench.py [--duration 10] [--connections 8 32]
 
@@ -82,6 +84,8 @@ def main() -> int:
     ap.add_argument("--max-batch-size", default="32", help="the stack default (maxBatchSize)")
     ap.add_argument("--max-batch-wait-ms", default="2", help="the stack default (maxBatchWaitMs)")
     ap.add_argument("--json", help="also write the figures to this file")
+    ap.add_argument("--starlette", action=argparse.BooleanOptionalAction, default=True,
+                    help="also measure the constant answer on Starlette (reference only)")
     args = ap.parse_args()
     if not shutil.which("wrk") or not shutil.which("taskset"):
         print("needs wrk and taskset on PATH", file=sys.stderr)
@@ -116,10 +120,10 @@ def main() -> int:
                                        contract.ENV_POLL_INTERVAL_S: "30",
                                        contract.ENV_LOG_LEVEL: "info"})
 
-        def ceiling() -> rp.Proc:
+        def ceiling(variant: str = "asgi") -> rp.Proc:
             port = rp.free_port()
-            p = rp.Proc("const", ["taskset", "-c", SERVER_CPU, rp.PY, "-m", "benchmarks.replica_const_app", str(port)],
-                        rp._base_env(), tmp / "const.log", port=port).start()
+            p = rp.Proc("const", ["taskset", "-c", SERVER_CPU, rp.PY, "-m", "benchmarks.replica_const_app", str(port),
+                                  variant], rp._base_env(), tmp / f"const-{variant}.log", port=port).start()
             try:
                 _wait_port(p)
             except BaseException:
@@ -128,7 +132,10 @@ def main() -> int:
             return p
 
         servers: dict[str, rp.Proc] = {}
-        for label, factory in (("mlflow", theirs), ("ours", ours), ("ceiling", ceiling)):
+        factories = [("mlflow", theirs), ("ours", ours), ("ceiling", ceiling)]
+        if args.starlette:
+            factories.append(("starlette-const", lambda: ceiling("starlette")))
+        for label, factory in factories:
             p = factory()
             procs.append(p)
             servers[label] = p
@@ -162,7 +169,7 @@ def main() -> int:
 
     print()
     print(f"medians of {args.rounds} rounds of {args.duration:.0f} s:")
-    for label in ("mlflow", "ours", "ceiling"):
+    for label in runs:
         for c in args.connections:
             r = results[label][c]
             print(f"  {label:8s} c={c:<3d} {r['rps']:9.0f} req/s  p50 {r['p50']:8.2f} ms  p99 {r['p99']:8.2f} ms"
@@ -176,6 +183,9 @@ def main() -> int:
         o, t = results["ours"][c], results["mlflow"][c]
         print(f"  c={c:<3d} ours/mlflow req/s x{_span(speed, '.1f')}   ours/mlflow p99 {_span(p99, '.3f')}"
               f"   ours/ceiling req/s {_span(ceil, '.2f')}   RSS ours/mlflow x{o['rss_mb'] / t['rss_mb']:.2f}")
+        if "starlette-const" in runs:
+            st = [o["rps"] / k["rps"] for o, k in zip(o_rs, runs["starlette-const"][c], strict=True)]
+            print(f"        ours / constant answer on Starlette (reference, not the ceiling): {_span(st, '.2f')}")
         results.setdefault("ratios", {})[c] = {"rps_vs_mlflow": statistics.median(speed),
                                                "p99_vs_mlflow": statistics.median(p99),
                                                "rps_vs_ceiling": statistics.median(ceil)}

@@ -34,8 +34,27 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": ANSWER})
 
 
+def starlette_app() -> Any:
+    """The same constant answer through Starlette's routing and Request/Response objects: the
+    framework the issue's reference figures were taken on, printed for comparison only."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    async def invocations(request: Request) -> Response:
+        await request.body()
+        return Response(ANSWER, media_type="application/json")
+
+    async def ping(request: Request) -> Response:
+        return Response(b"\n", media_type="application/json")
+
+    return Starlette(routes=[Route("/invocations", invocations, methods=["POST"]), Route("/ping", ping)])
+
+
 if __name__ == "__main__":
     import uvicorn
 
-    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), loop="uvloop", http="httptools",
+    target = starlette_app() if len(sys.argv) > 2 and sys.argv[2] == "starlette" else app
+    uvicorn.run(target, host="127.0.0.1", port=int(sys.argv[1]), loop="uvloop", http="httptools",
                 access_log=False, server_header=False, proxy_headers=False, date_header=False, lifespan="on", log_level="warning")
