@@ -23,7 +23,7 @@ from app import contract
 @lru_cache(maxsize=1)
 def iris_row_body() -> bytes:
     """One iris row in the scoring protocol's dataframe_split form (the demo model's schema)."""
-    from sklearn.datasets import load_iris  # type: ignore[import-untyped]
+    from sklearn.datasets import load_iris
 
     data = load_iris()
     return json.dumps(
