@@ -33,10 +33,10 @@ fi
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
-stamp=.venv/.installed-$(cat requirements-dev.txt app/requirements.txt requirements.lock | sha256sum | cut -c1-16)
+stamp=.venv/.installed-$(cat requirements-dev.txt app/requirements.txt policies/requirements.txt app/requirements.lock | sha256sum | cut -c1-16)
 if [ ! -f "$stamp" ]; then
-  .venv/bin/python -m pip install -q --upgrade "pip==$(grep '^pip==' requirements.lock | cut -d= -f3)"
-  .venv/bin/python -m pip install -q -r requirements-dev.txt -c requirements.lock
+  .venv/bin/python -m pip install -q --upgrade "pip==$(grep '^pip==' app/requirements.lock | cut -d= -f3)"
+  .venv/bin/python -m pip install -q -r requirements-dev.txt -c app/requirements.lock
   rm -f .venv/.installed-*
   touch "$stamp"
 fi
