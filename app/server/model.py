@@ -38,6 +38,9 @@ _FORMAT_KEYS = ("dataframe_split", "dataframe_records", "instances", "inputs")
 # MLflow column types the fast path reproduces exactly: what numpy builds from JSON
 # numbers is what pyfunc's enforcement converts them to.
 _FAST_TYPES = {"double": np.float64, "long": np.int64}
+# The JSON value types accepted per column type (bool, None, str, lists excluded).
+_ALLOWED = {np.float64: frozenset((int, float)), np.int64: frozenset((int,))}
+_SPLIT_KEYS = frozenset(("columns", "data"))
 
 
 class NotFast(Exception):
@@ -107,7 +110,7 @@ class LoadedModel:
         (key, payload), = doc.items()
         ncol = len(spec.columns)
         if key == "dataframe_split":
-            if type(payload) is not dict or payload.keys() != {"columns", "data"}:
+            if type(payload) is not dict or payload.keys() != _SPLIT_KEYS:
                 raise NotFast
             cols, data = payload["columns"], payload["data"]
             if type(cols) is not list or type(data) is not list or not data:
@@ -119,9 +122,6 @@ class LoadedModel:
                     raise NotFast
                 order = [cols.index(c) for c in spec.columns]
                 rows = [[r[i] for i in order] if type(r) is list and len(r) == ncol else None for r in data]
-            for r in rows:
-                if type(r) is not list or len(r) != ncol:
-                    raise NotFast
         elif key in ("dataframe_records", "instances", "inputs"):
             if type(payload) is list:
                 if not payload:
@@ -149,11 +149,10 @@ class LoadedModel:
                 raise NotFast
         else:
             raise NotFast
-        allowed = (int, float) if spec.dtype is np.float64 else (int,)
+        allowed = _ALLOWED[spec.dtype]
         for r in rows:
-            for v in r:
-                if type(v) not in allowed:  # excludes bool, None, str, nested lists
-                    raise NotFast
+            if type(r) is not list or len(r) != ncol or not allowed.issuperset(map(type, r)):
+                raise NotFast
         return rows
 
     def rows_array(self, rows: list[list[Any]]) -> np.ndarray:
