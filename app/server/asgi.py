@@ -205,6 +205,8 @@ def _score(batch: list[_Item]) -> tuple[list[Answer], int]:
         if len(preds) != len(rows):
             raise NotFast
     except Exception:  # noqa: BLE001 - one bad request must not fail its batch-mates
+        # Also where a row numpy refuses (an integer beyond int64) lands: the whole
+        # batch takes MLflow's path, one request at a time; same answers, only slower.
         return [m.score_reference(i.body, i.content_type) for i in batch], 0
     bodies = encode_batch(preds, [len(i.rows) for i in batch])  # type: ignore[arg-type]
     return [Answer(200, b) for b in bodies], len(rows)

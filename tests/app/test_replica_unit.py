@@ -20,9 +20,9 @@ import pytest
 from app import contract
 from app.server import config as config_mod
 from app.server import logs
-from app.server.asgi import ReplicaApp
+from app.server.asgi import ReplicaApp, _Item, _score
 from app.server.metrics import Metrics
-from app.server.model import Answer, NotFast, resolve_device
+from app.server.model import Answer, FastSpec, LoadedModel, NotFast, resolve_device
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = ROOT / "app"
@@ -317,3 +317,41 @@ def test_probe_fails_when_nothing_listens() -> None:
     out = subprocess.run([sys.executable, "-m", "app.server.probe"], cwd=ROOT, capture_output=True, timeout=60,
                          env={"PATH": "/usr/bin:/bin", contract.ENV_PORT: str(port)})
     assert out.returncode == 1
+
+
+# -- fast-path batching ---------------------------------------------------------------------
+
+class _RefLongModel(LoadedModel):
+    """A `long` signature whose estimator doubles its input; MLflow's path is faked."""
+
+    def score_reference(self, body: bytes, content_type: str | None) -> Answer:
+        return Answer(200, b'{"predictions": "reference"}')
+
+
+def _long_model() -> _RefLongModel:
+    spec = FastSpec(("a",), {"a": 0}, np.int64, lambda x: x[:, 0] * 2, None, ["a"])
+    return _RefLongModel("m", "1", "champion", "models:/m/1", contract.DEVICE_CPU, "sklearn", None, None, spec)
+
+
+def test_batch_rows_become_one_array_and_each_request_gets_its_slice() -> None:
+    m = _long_model()
+    bodies = [b'{"inputs": [{"a": 1}, {"a": 2}]}', b'{"dataframe_split": {"columns": ["a"], "data": [[5]]}}']
+    items = [_Item(m, None, m.parse_fast(b, "application/json"), b, "application/json", True)  # type: ignore[arg-type]
+             for b in bodies]
+    answers, rows = _score(items)
+    assert rows == 3
+    assert [json.loads(a.body) for a in answers] == [{"predictions": [2, 4]}, {"predictions": [10]}]
+
+
+def test_a_row_numpy_refuses_sends_its_batch_down_mlflows_path() -> None:
+    m = _long_model()
+    big = b'{"inputs": [{"a": 9223372036854775808}]}'  # beyond int64: parsed, refused by numpy
+    rows = m.parse_fast(big, "application/json")
+    with pytest.raises(NotFast):
+        m.rows_array(rows)
+    ok = b'{"inputs": [{"a": 1}]}'
+    items = [_Item(m, None, m.parse_fast(b, "application/json"), b, "application/json", True)  # type: ignore[arg-type]
+             for b in (ok, big)]
+    answers, model_rows = _score(items)
+    assert model_rows == 0
+    assert [a.body for a in answers] == [b'{"predictions": "reference"}'] * 2
