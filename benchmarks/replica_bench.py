@@ -15,6 +15,8 @@ One run:
      the issue's reference figures were measured on), never used as the ceiling.
 
     .venv/bin/python benchmarks/replica_bench.py [--duration 10] [--connections 8 32]
+    # quicker iterations on the replica alone (ratios only for the pairs measured):
+    .venv/bin/python benchmarks/replica_bench.py --connections 32 --only ours,ceiling
 
 Needs `wrk` and `taskset` and at least two cores. All traffic goes to 127.0.0.1; every
 process it starts is stopped in `finally`.
