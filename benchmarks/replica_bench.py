@@ -91,6 +91,10 @@ def main() -> int:
     ap.add_argument("--starlette", action=argparse.BooleanOptionalAction, default=True,
                     help="also measure the constant answer on Starlette (reference only)")
     args = ap.parse_args()
+    wanted = set(args.only.split(",")) if args.only else set()
+    if wanted - {"mlflow", "ours", "ceiling", "starlette-const"}:
+        print(f"--only: unknown {sorted(wanted - {'mlflow', 'ours', 'ceiling', 'starlette-const'})}", file=sys.stderr)
+        return 2
     if not shutil.which("wrk") or not shutil.which("taskset"):
         print("needs wrk and taskset on PATH", file=sys.stderr)
         return 2
@@ -140,10 +144,6 @@ def main() -> int:
         if args.starlette:
             factories.append(("starlette-const", lambda: ceiling("starlette")))
         if args.only:
-            wanted = set(args.only.split(","))
-            unknown = wanted - {label for label, _ in factories}
-            if unknown:
-                raise SystemExit(f"--only: unknown {sorted(unknown)}")
             factories = [(label, f) for label, f in factories if label in wanted]
         for label, factory in factories:
             p = factory()
