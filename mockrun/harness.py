@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import runpy
@@ -295,6 +296,20 @@ class _Recorder:
 _RUN_LOCK = threading.Lock()  # the Pulumi runtime is process-global: one program run at a time
 
 
+def _ensure_event_loop() -> None:
+    """Give this thread an open event loop: the Pulumi SDK creates futures on the current one.
+
+    `asyncio.run()` elsewhere in the same process (a server test, say) leaves the main thread
+    with none, and Python 3.11 then refuses to make one implicitly.
+    """
+    try:
+        if not asyncio.get_event_loop().is_closed():
+            return
+    except RuntimeError:
+        pass
+    asyncio.set_event_loop(asyncio.new_event_loop())
+
+
 def attempt(
     stack: str,
     overrides: Mapping[str, object] | None = None,
@@ -321,6 +336,7 @@ def attempt(
     config = {f"{project}:{key}": _encode(value) for key, value in values.items()}
 
     with _RUN_LOCK:
+        _ensure_event_loop()
         recorder = _Recorder()
         # A fresh root stack and settings bag per run; leftovers of an earlier (maybe failed)
         # run must not leak into this one.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import textwrap
 from pathlib import Path
 
@@ -79,3 +80,14 @@ def test_program_errors_are_returned_or_raised(project: Path) -> None:
         run_program("s", {"count": -1}, project_root=project)
     # ... and the runtime is usable again afterwards.
     assert len(run_program("s", project_root=project).of_type(CONTAINER_TYPE)) == 2
+
+
+def test_runs_after_asyncio_run_left_the_thread_without_a_loop(project: Path) -> None:
+    # The whole suite runs server tests (asyncio.run) before these: that must not matter.
+    async def nothing() -> None:
+        return None
+
+    asyncio.run(nothing())
+    with pytest.raises(RuntimeError):
+        asyncio.get_event_loop()  # the state the harness has to cope with
+    assert run_program("s", project_root=project).resources
