@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Idempotent set-up on a fresh Debian machine: system packages when missing, then the
-# project's virtualenv from the pinned requirements. Sourced by run-local.sh and test.sh.
+# project's virtualenv from the pinned requirements. Run first by run-local.sh and test.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
