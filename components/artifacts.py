@@ -10,11 +10,11 @@ from app import contract
 from components.common import (
     LOG_DRIVER,
     LOG_OPTS,
-    RESTART_JOB,
     RESTART_SERVICE,
     container_name,
     healthcheck,
     labels,
+    one_shot_job,
     type_token,
 )
 from components.metadata import password
@@ -72,25 +72,16 @@ class ArtifactStore(pulumi.ComponentResource):
             ),
             opts=pulumi.ResourceOptions(parent=self),
         )
-        # MLflow never creates its bucket. The job runs once per create (attach=True waits
-        # for it to exit); `--ignore-existing` makes a re-run harmless.
-        self.bucket_job = docker.Container(
+        # MLflow never creates its bucket; `--ignore-existing` makes a re-run harmless.
+        self.bucket_job = one_shot_job(
             "minio-bucket",
-            docker.ContainerArgs(
-                name=container_name(settings.stack, "minio-bucket"),
-                image=settings.images.minio_client,
-                command=["mb", "--ignore-existing", f"{MC_ALIAS}/{self.bucket}"],
-                envs=credentials.apply(
-                    lambda c: [f"MC_HOST_{MC_ALIAS}=http://{c[0]}:{c[1]}@{contract.MINIO_HOST}:{contract.MINIO_PORT}"]
-                ),
-                networks_advanced=[docker.ContainerNetworksAdvancedArgs(name=network)],
-                attach=True,
-                must_run=False,
-                restart=RESTART_JOB,
-                log_driver=LOG_DRIVER,
-                log_opts=LOG_OPTS,
-                labels=labels(settings.stack, "minio-bucket"),
+            stack=settings.stack,
+            image=settings.images.minio_client,
+            command=["mb", "--ignore-existing", f"{MC_ALIAS}/{self.bucket}"],
+            envs=credentials.apply(
+                lambda c: [f"MC_HOST_{MC_ALIAS}=http://{c[0]}:{c[1]}@{contract.MINIO_HOST}:{contract.MINIO_PORT}"]
             ),
+            network=network,
             opts=pulumi.ResourceOptions(parent=self, depends_on=[self.container]),
         )
         self.register_outputs({"container": self.container.name, "bucket": self.bucket})

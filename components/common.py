@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import pulumi
 import pulumi_docker as docker
 
 PROJECT = "mlserve"
@@ -59,3 +60,36 @@ def healthcheck(
         start_interval="2s",
     )
 
+
+def one_shot_job(
+    resource_name: str,
+    *,
+    stack: str,
+    image: pulumi.Input[str],
+    command: list[str],
+    envs: pulumi.Input[Sequence[pulumi.Input[str]]],
+    network: pulumi.Input[str],
+    opts: pulumi.ResourceOptions,
+) -> docker.Container:
+    """A container that runs once per create and is waited for (bucket creation, demo model).
+
+    `attach=True` makes the create wait until the job exits, so whatever depends on it finds
+    its work done; `must_run=False` because a finished job is not running.
+    """
+    return docker.Container(
+        resource_name,
+        docker.ContainerArgs(
+            name=container_name(stack, resource_name),
+            image=image,
+            command=command,
+            envs=envs,
+            networks_advanced=[docker.ContainerNetworksAdvancedArgs(name=network)],
+            attach=True,
+            must_run=False,
+            restart=RESTART_JOB,
+            log_driver=LOG_DRIVER,
+            log_opts=LOG_OPTS,
+            labels=labels(stack, resource_name),
+        ),
+        opts=opts,
+    )

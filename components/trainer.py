@@ -6,7 +6,7 @@ import pulumi
 import pulumi_docker as docker
 
 from app import contract
-from components.common import LOG_DRIVER, LOG_OPTS, RESTART_JOB, container_name, labels, type_token
+from components.common import one_shot_job, type_token
 from components.settings import ReplicaGroup, Settings
 
 
@@ -35,22 +35,14 @@ class DemoModelTrainer(pulumi.ComponentResource):
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__(type_token("DemoModelTrainer"), name, None, opts)
-        self.container = docker.Container(
+        # Waited for, so that replicas created after it find a model.
+        self.container = one_shot_job(
             "trainer",
-            docker.ContainerArgs(
-                name=container_name(settings.stack, "trainer"),
-                image=image,
-                command=["python", "-m", contract.TRAINER_MODULE],
-                envs=trainer_envs(settings.default_group, tracking_url),
-                networks_advanced=[docker.ContainerNetworksAdvancedArgs(name=network)],
-                # Wait for the job to finish, so that replicas created after it find a model.
-                attach=True,
-                must_run=False,
-                restart=RESTART_JOB,
-                log_driver=LOG_DRIVER,
-                log_opts=LOG_OPTS,
-                labels=labels(settings.stack, "trainer"),
-            ),
+            stack=settings.stack,
+            image=image,
+            command=["python", "-m", contract.TRAINER_MODULE],
+            envs=trainer_envs(settings.default_group, tracking_url),
+            network=network,
             opts=pulumi.ResourceOptions(parent=self, depends_on=depends_on),
         )
         self.register_outputs({"container": self.container.name})
