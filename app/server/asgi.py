@@ -32,7 +32,7 @@ import orjson
 from app import contract
 from app.server import logs
 from app.server.config import Config
-from app.server.manager import ModelManager
+from app.server.manager import ModelManager, cancel_and_wait
 from app.server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from app.server.metrics import Metrics
 from app.server.model import Answer, LoadedModel, NotFast, encode_batch, encode_predictions
@@ -98,12 +98,7 @@ class Batcher:
         self._task = loop.create_task(self._run(), name="batcher")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(self._task)
         for item in self._queue:
             if not item.future.done():
                 item.future.set_result(Answer(503, _error("TEMPORARILY_UNAVAILABLE", "replica is shutting down")))

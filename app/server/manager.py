@@ -21,6 +21,17 @@ from app.server import model as model_mod
 from app.server.config import Config
 from app.server.metrics import Metrics
 
+
+async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
+    """Stop a background task and wait until it has unwound (its finally blocks ran)."""
+    if task is None:
+        return
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
+
 log = logging.getLogger("app.server.manager")
 
 BACKOFF_START_S = 0.5
@@ -127,10 +138,5 @@ class ModelManager:
         self._task = asyncio.get_running_loop().create_task(self.run(), name="model-poller")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(self._task)
         self._pool.shutdown(wait=False, cancel_futures=True)
