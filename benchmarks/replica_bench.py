@@ -3,7 +3,9 @@
 One run:
   1. starts an MLflow tracking server (SQLite, artifacts proxied) and trains the iris
      LogisticRegression with `python -m app.trainer`;
-  2. starts `mlflow models serve` (1 worker, --env-manager local), our replica and a
+  2. starts `mlflow models serve` (1 worker, --env-manager local), our replica, our
+     replica with its prediction kernel switched off (`ours-est`: the estimator's own
+     `predict`, what any scikit-learn model without a kernel gets) and a
      constant-answer app on the same stack as the replica, each pinned to core 0
      (`taskset -c 0`); only the one under load does any work;
   3. drives each with wrk pinned to core 1, one single-row `dataframe_split` request
@@ -86,14 +88,15 @@ def main() -> int:
     ap.add_argument("--max-batch-size", default="32", help="the stack default (maxBatchSize)")
     ap.add_argument("--max-batch-wait-ms", default="2", help="the stack default (maxBatchWaitMs)")
     ap.add_argument("--json", help="also write the figures to this file")
-    ap.add_argument("--only", help="comma-separated subset of mlflow,ours,ceiling,starlette-const to measure "
+    ap.add_argument("--only", help="comma-separated subset of mlflow,ours,ours-est,ceiling,starlette-const to measure "
                                    "(quicker iterations; ratios are printed for the pairs measured)")
     ap.add_argument("--starlette", action=argparse.BooleanOptionalAction, default=True,
                     help="also measure the constant answer on Starlette (reference only)")
     args = ap.parse_args()
     wanted = set(args.only.split(",")) if args.only else set()
-    if wanted - {"mlflow", "ours", "ceiling", "starlette-const"}:
-        print(f"--only: unknown {sorted(wanted - {'mlflow', 'ours', 'ceiling', 'starlette-const'})}", file=sys.stderr)
+    known = {"mlflow", "ours", "ours-est", "ceiling", "starlette-const"}
+    if wanted - known:
+        print(f"--only: unknown {sorted(wanted - known)}", file=sys.stderr)
         return 2
     if not shutil.which("wrk") or not shutil.which("taskset"):
         print("needs wrk and taskset on PATH", file=sys.stderr)
@@ -121,12 +124,13 @@ def main() -> int:
         def theirs() -> rp.Proc:
             return rp.start_mlflow_serve(tracking.url, model_uri, tmp, cpus=SERVER_CPU)
 
-        def ours() -> rp.Proc:
+        def ours(kernels: str = "true") -> rp.Proc:
             return rp.start_replica(tracking.url, MODEL, ALIAS, tmp, cpus=SERVER_CPU,
                                     **{contract.ENV_MAX_BATCH_SIZE: args.max_batch_size,
                                        contract.ENV_MAX_BATCH_WAIT_MS: args.max_batch_wait_ms,
                                        contract.ENV_POLL_INTERVAL_S: "30",
-                                       contract.ENV_LOG_LEVEL: "info"})
+                                       contract.ENV_LOG_LEVEL: "info",
+                                       contract.ENV_PREDICT_KERNELS: kernels})
 
         def ceiling(variant: str = "asgi") -> rp.Proc:
             port = rp.free_port()
@@ -140,7 +144,7 @@ def main() -> int:
             return p
 
         servers: dict[str, rp.Proc] = {}
-        factories = [("mlflow", theirs), ("ours", ours), ("ceiling", ceiling)]
+        factories = [("mlflow", theirs), ("ours", ours), ("ours-est", lambda: ours("false")), ("ceiling", ceiling)]
         if args.starlette:
             factories.append(("starlette-const", lambda: ceiling("starlette")))
         if args.only:
@@ -203,6 +207,18 @@ def main() -> int:
             line += f"   ours/ceiling req/s {_span(ceil, '.2f')}"
             ratios["rps_vs_ceiling"] = statistics.median(ceil)
         print(line)
+        e_rs = runs.get("ours-est", {}).get(c)
+        if e_rs and (t_rs or k_rs):
+            parts = []
+            if t_rs:
+                parts.append(f"/mlflow req/s x{_span([e['rps'] / t['rps'] for e, t in zip(e_rs, t_rs, strict=True)], '.1f')}"
+                             f"   /mlflow p99 {_span([e['p99'] / t['p99'] for e, t in zip(e_rs, t_rs, strict=True)], '.3f')}")
+                ratios["est_rps_vs_mlflow"] = statistics.median(e["rps"] / t["rps"] for e, t in zip(e_rs, t_rs, strict=True))
+            if k_rs:
+                parts.append(f"/ceiling req/s {_span([e['rps'] / k['rps'] for e, k in zip(e_rs, k_rs, strict=True)], '.2f')}")
+                ratios["est_rps_vs_ceiling"] = statistics.median(
+                    e["rps"] / k["rps"] for e, k in zip(e_rs, k_rs, strict=True))
+            print("        ours-est (kernel off) " + "   ".join(parts))
         if o_rs and "starlette-const" in runs:
             st = [o["rps"] / k["rps"] for o, k in zip(o_rs, runs["starlette-const"][c], strict=True)]
             print(f"        ours / constant answer on Starlette (reference, not the ceiling): {_span(st, '.2f')}")

@@ -86,6 +86,7 @@ def replica_envs(settings: Settings, group: ReplicaGroup, instance_id: str, trac
         f"{contract.ENV_MAX_BODY_BYTES}={serving.max_body_mb * 2**20}",
         f"{contract.ENV_SHUTDOWN_GRACE_S}={serving.shutdown_grace_s}",
         f"{contract.ENV_DEVICE}={contract.DEVICE_AUTO}",
+        f"{contract.ENV_PREDICT_KERNELS}={'true' if serving.predict_kernels else 'false'}",
     ]
 
 

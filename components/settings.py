@@ -87,6 +87,7 @@ class ServingSettings:
     max_queue: int
     max_body_mb: int
     shutdown_grace_s: int
+    predict_kernels: bool
 
 
 @dataclass(frozen=True)
@@ -146,6 +147,7 @@ DEFAULTS: dict[str, Any] = {
     "maxQueue": 256,
     "maxBodyMb": 16,
     "shutdownGraceSeconds": 30,
+    "predictKernels": True,
     "balancerPort": 8080,
     "balancerBindIp": "0.0.0.0",
     "balancerAlgorithm": "round_robin",
@@ -301,6 +303,7 @@ def parse(stack: str, raw: Mapping[str, str | None]) -> Settings:
         max_queue=_int("maxQueue", get("maxQueue"), 1, 1_000_000),
         max_body_mb=_int("maxBodyMb", get("maxBodyMb"), 1, 1024),
         shutdown_grace_s=_int("shutdownGraceSeconds", get("shutdownGraceSeconds"), 1, 3600),
+        predict_kernels=_bool("predictKernels", get("predictKernels")),
     )
     balancer = BalancerSettings(
         port=_int("balancerPort", get("balancerPort"), 1, 65535),

@@ -18,7 +18,6 @@ past `max_queue` outstanding invocations the answer is 503 with Retry-After.
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import os
 import queue
@@ -32,7 +31,7 @@ import orjson
 from app import contract
 from app.server import logs
 from app.server.config import Config
-from app.server.manager import ModelManager, cancel_and_wait
+from app.server.manager import ModelManager
 from app.server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from app.server.metrics import Metrics
 from app.server.model import Answer, LoadedModel, NotFast, encode_batch, encode_predictions
@@ -70,103 +69,97 @@ class _Item:
         self.parsed = parsed  # False: not yet tried on the fast path (large body)
 
 
+_STOP = object()  # the model thread's last job
+
+
 class Batcher:
     def __init__(self, cfg: Config, metrics: Metrics, receiving: Callable[[], int] = lambda: 0) -> None:
         self.receiving = receiving  # admitted requests not yet queued (body still arriving)
         self.max_rows = cfg.max_batch_size
         self.max_wait = cfg.max_batch_wait_ms / 1000.0
         self.metrics = metrics
-        self._queue: collections.deque[_Item] = collections.deque()
-        self._wakeup = asyncio.Event()
-        # One model thread fed through a SimpleQueue, answering with one
-        # call_soon_threadsafe per batch: run_in_executor's concurrent Future, its
-        # chaining into an asyncio Future and the pool's idle semaphore cost more per
-        # batch than the hand-off itself (measured with py-spy under the bench).
-        self._jobs: queue.SimpleQueue[tuple[list[_Item], asyncio.Future[None]] | None] = queue.SimpleQueue()
+        # The loop puts each request here and the model thread forms the batches itself:
+        # no task, event or future per batch on the loop, and a model thread that finds
+        # requests waiting when it finishes a batch goes on with them without handing the
+        # GIL back first. Answers return with one call_soon_threadsafe per batch.
+        self._jobs: queue.SimpleQueue[_Item | object] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._stopped = False
 
     def submit(self, item: _Item) -> None:
-        self._queue.append(item)
-        self._wakeup.set()
+        if self._stopped:
+            item.future.set_result(Answer(503, _error("TEMPORARILY_UNAVAILABLE", "replica is shutting down")))
+            return
+        self._jobs.put(item)
 
     def start(self) -> None:
-        self._loop = loop = asyncio.get_running_loop()
+        self._loop = asyncio.get_running_loop()
         self._thread = threading.Thread(target=self._model_thread, name="model", daemon=True)
         self._thread.start()
-        self._task = loop.create_task(self._run(), name="batcher")
 
     async def stop(self) -> None:
-        await cancel_and_wait(self._task)
-        for item in self._queue:
-            if not item.future.done():
-                item.future.set_result(Answer(503, _error("TEMPORARILY_UNAVAILABLE", "replica is shutting down")))
+        """Score what was queued before the stop, deliver it, then end the model thread."""
+        if self._stopped:
+            return
+        self._stopped = True
         if self._thread is not None:
-            self._jobs.put(None)
-            self._thread.join()  # a batch in flight finishes; its answers are delivered by the loop
+            self._jobs.put(_STOP)
+            # Joined off the loop, so the answers of the last batches are still delivered.
+            await asyncio.to_thread(self._thread.join)
 
-    async def _gather(self) -> list[_Item]:
-        q = self._queue
-        while not q:
-            self._wakeup.clear()
-            await self._wakeup.wait()
-        first = q.popleft()
+    def _next_batch(self, first: _Item) -> tuple[list[_Item], _Item | object | None]:
+        """On the model thread: `first` and the requests queued behind it that share its model
+        and fit in the batch. Waits (at most max_wait) only while admitted requests are still
+        being received. Returns the batch and the job that did not fit (None: none taken)."""
         batch = [first]
         if first.rows is None:
-            return batch
+            return batch, None
+        jobs = self._jobs
         n = len(first.rows)
         deadline = None
         while n < self.max_rows:
-            if not q:
+            try:
+                nxt = jobs.get_nowait()
+            except queue.Empty:
                 if self.max_wait <= 0 or self.receiving() <= 0:
                     break
-                loop = asyncio.get_running_loop()
+                now = time.monotonic()
                 if deadline is None:
-                    deadline = loop.time() + self.max_wait
-                remaining = deadline - loop.time()
-                if remaining <= 0:
+                    deadline = now + self.max_wait
+                if now >= deadline:
                     break
-                self._wakeup.clear()
                 try:
-                    await asyncio.wait_for(self._wakeup.wait(), remaining)
-                except TimeoutError:
+                    nxt = jobs.get(timeout=deadline - now)
+                except queue.Empty:
                     break
-                continue
-            nxt = q[0]
-            if nxt.rows is None or nxt.model is not first.model or n + len(nxt.rows) > self.max_rows:
-                break
-            batch.append(q.popleft())
+            if (not isinstance(nxt, _Item) or nxt.rows is None or nxt.model is not first.model
+                    or n + len(nxt.rows) > self.max_rows):
+                return batch, nxt
+            batch.append(nxt)
             n += len(nxt.rows)
-        return batch
-
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            batch = await self._gather()
-            done: asyncio.Future[None] = loop.create_future()
-            self._jobs.put((batch, done))
-            await done
+        return batch, None
 
     def _model_thread(self) -> None:
         loop = self._loop
         assert loop is not None
+        carried: _Item | object | None = None
         while True:
-            job = self._jobs.get()
-            if job is None:
-                return
-            batch, done = job
+            job = carried if carried is not None else self._jobs.get()
+            if not isinstance(job, _Item):
+                return  # _STOP: everything queued before it has been scored
+            batch, carried = self._next_batch(job)
             try:
                 answers, model_rows = _score(batch)
             except Exception as exc:  # noqa: BLE001 - never leave a request hanging
                 log.exception("scoring failed")
                 answers, model_rows = [Answer(500, _error("INTERNAL_ERROR", repr(exc)))] * len(batch), 0
             try:
-                loop.call_soon_threadsafe(self._deliver, batch, answers, model_rows, done)
+                loop.call_soon_threadsafe(self._deliver, batch, answers, model_rows)
             except RuntimeError:  # the loop is closed: nobody is waiting any more
                 return
 
-    def _deliver(self, batch: list[_Item], answers: list[Answer], model_rows: int, done: asyncio.Future[None]) -> None:
+    def _deliver(self, batch: list[_Item], answers: list[Answer], model_rows: int) -> None:
         """On the loop: resolve a whole batch in one callback."""
         if model_rows:
             self.metrics.batch_rows.observe(model_rows)
@@ -174,8 +167,6 @@ class Batcher:
         for item, answer in zip(batch, answers, strict=True):
             if not item.future.done():
                 item.future.set_result(answer)
-        if not done.done():
-            done.set_result(None)
 
 
 def _score(batch: list[_Item]) -> tuple[list[Answer], int]:
@@ -409,6 +400,7 @@ class ReplicaApp:
                 "alias_version": mgr.alias_version,
                 "flavor": cur.flavor if cur else None,
                 "fast_path": (cur.fast is not None) if cur else None,
+                "fast_kernel": cur.fast.kernel_name if cur and cur.fast else None,
                 "loaded_at": cur.loaded_at if cur else None,
             },
             "device": cur.device if cur else None,

@@ -19,6 +19,9 @@ DEFAULT_MAX_BODY_BYTES = 16 * 2**20
 DEFAULT_SHUTDOWN_GRACE_S = 30.0
 
 
+_BOOLS = {"true": True, "1": True, "false": False, "0": False}
+
+
 class ConfigError(ValueError):
     """A bad environment variable; the message names it."""
 
@@ -39,6 +42,7 @@ class Config:
     device: str
     shutdown_grace_s: float
     log_level: str
+    predict_kernels: bool = True
 
     @property
     def model_uri(self) -> str:
@@ -75,6 +79,9 @@ def from_env(env: Mapping[str, str] | None = None) -> Config:
     level = env.get(contract.ENV_LOG_LEVEL, "info").strip().lower() or "info"
     if level not in ("debug", "info", "warning", "error", "critical"):
         raise ConfigError(f"{contract.ENV_LOG_LEVEL} must be debug|info|warning|error|critical, got {level!r}")
+    kernels = env.get(contract.ENV_PREDICT_KERNELS, "true").strip().lower() or "true"
+    if kernels not in _BOOLS:
+        raise ConfigError(f"{contract.ENV_PREDICT_KERNELS} must be true or false, got {kernels!r}")
     return Config(
         tracking_uri=_required(env, contract.ENV_TRACKING_URI),
         model_name=_required(env, contract.ENV_MODEL_NAME),
@@ -90,4 +97,5 @@ def from_env(env: Mapping[str, str] | None = None) -> Config:
         device=device,
         shutdown_grace_s=_num(env, contract.ENV_SHUTDOWN_GRACE_S, DEFAULT_SHUTDOWN_GRACE_S, 0, 86400),
         log_level=level,
+        predict_kernels=_BOOLS[kernels],
     )

@@ -47,7 +47,7 @@ class LoadError:
 
 class ModelManager:
     def __init__(self, cfg: Config, metrics: Metrics,
-                 loader: Callable[[str, str, str, str], model_mod.LoadedModel] = model_mod.load) -> None:
+                 loader: Callable[[str, str, str, str, bool], model_mod.LoadedModel] = model_mod.load) -> None:
         self.cfg = cfg
         self.metrics = metrics
         self.loader = loader
@@ -90,7 +90,8 @@ class ModelManager:
                                                   "serving_version": cur.version if cur else None})
         try:
             new = await loop.run_in_executor(
-                self._pool, self.loader, self.cfg.model_name, version, self.cfg.model_alias, self.cfg.device)
+                self._pool, self.loader, self.cfg.model_name, version, self.cfg.model_alias, self.cfg.device,
+                self.cfg.predict_kernels)
         except Exception as exc:  # noqa: BLE001 - a broken version must not take the replica down
             self._fail(version, f"loading {self.cfg.model_name} version {version} failed: {exc!r}")
             return False
@@ -102,6 +103,7 @@ class ModelManager:
         self.metrics.model_loaded(new.version, cur.version if cur else None, time.monotonic() - started)
         log.info("serving model version", extra={"model": new.name, "version": new.version, "device": new.device,
                                                  "flavor": new.flavor, "fast_path": new.fast is not None,
+                                                 "fast_kernel": new.fast.kernel_name if new.fast else None,
                                                  "previous_version": cur.version if cur else None})
         return True
 

@@ -9,7 +9,9 @@ outcome is known in advance: a scikit-learn model whose signature is only `doubl
 columns, a JSON body with exactly one format key, no `params`, the signature's columns
 exactly, and plain numbers of the right kind. Those rows are stacked into one numpy array
 per micro-batch and handed to the estimator's own prediction method, the one pyfunc would
-call. Anything else (a bool, a null, an extra key, an odd content type) is not judged
+call, or, for plain linear models, to a kernel that computes the same thing without
+scikit-learn's per-call checks and was shown to agree with it at load (kernels.py).
+Anything else (a bool, a null, an extra key, an odd content type) is not judged
 here: it takes the reference path, so error answers are MLflow's by construction.
 The conformance tests compare both paths against `mlflow models serve`.
 """
@@ -30,6 +32,7 @@ import numpy as np
 import orjson
 
 from app import contract
+from app.server import kernels
 
 log = logging.getLogger("app.server.model")
 
@@ -62,6 +65,9 @@ class FastSpec:
     predict: Callable[[Any], Any]
     frame_columns: list[str] | None  # the estimator was fitted on a DataFrame: give it one
     column_list: list[str] = field(default_factory=list)  # `columns` as a list, compared with requests'
+    # The estimator's prediction as a checked numpy formula (kernels.py), when it has one.
+    kernel: kernels.Kernel | None = None
+    kernel_name: str | None = None
 
 
 @dataclass
@@ -168,6 +174,14 @@ class LoadedModel:
         return arr
 
     def predict_fast(self, rows: np.ndarray) -> np.ndarray:
+        spec = self.fast
+        assert spec is not None
+        if spec.kernel is not None:
+            return spec.kernel(rows)
+        return self.predict_estimator(rows)
+
+    def predict_estimator(self, rows: np.ndarray) -> np.ndarray:
+        """The estimator's own prediction method on checked rows (what pyfunc would call)."""
         spec = self.fast
         assert spec is not None
         x: Any = rows
@@ -282,7 +296,7 @@ def _fast_spec(pyfunc: Any) -> FastSpec | None:
                     list(columns))
 
 
-def load(name: str, version: str, alias: str, requested_device: str) -> LoadedModel:
+def load(name: str, version: str, alias: str, requested_device: str, predict_kernels: bool = True) -> LoadedModel:
     """Load one registry version (by number, so a concurrent alias move cannot mix versions)."""
     import mlflow.pyfunc
     from mlflow.models import Model
@@ -301,11 +315,47 @@ def load(name: str, version: str, alias: str, requested_device: str) -> LoadedMo
             name=name, version=str(version), alias=alias, uri=uri, device=device, flavor=flavor, pyfunc=pyfunc,
             input_schema=pyfunc.metadata.get_input_schema(), fast=_fast_spec(pyfunc), local_dir=local_dir,
         )
+        if predict_kernels:
+            attach_kernel(model)
         warm_up(model)
     except BaseException:
         shutil.rmtree(local_dir, ignore_errors=True)  # a failed version leaves nothing behind
         raise
     return model
+
+
+def _example_rows(model: LoadedModel) -> list[np.ndarray]:
+    """The model's logged input example as fast-path rows (signature order and dtype), if it has one."""
+    spec = model.fast
+    assert spec is not None
+    try:
+        example = model.pyfunc.input_example
+        import pandas as pd
+
+        if isinstance(example, pd.DataFrame):
+            return [np.ascontiguousarray(example[list(spec.columns)].to_numpy(dtype=spec.dtype))]
+    except Exception:  # noqa: BLE001 - no usable example: the seeded batches still check the kernel
+        pass
+    return []
+
+
+def attach_kernel(model: LoadedModel) -> None:
+    """Give the fast path a prediction kernel when the estimator has one that gives, on the
+    model's example and on seeded batches, exactly what the estimator's own method gives."""
+    spec = model.fast
+    if spec is None:
+        return
+    estimator = getattr(spec.predict, "__self__", None)
+    # Only where pyfunc calls `predict` itself: a custom pyfunc_predict_fn keeps the estimator.
+    if estimator is None or getattr(spec.predict, "__name__", None) != "predict":
+        return
+    found = kernels.linear_kernel(estimator)
+    if found is None:
+        return
+    name, kernel = found
+    probes = kernels.probe_batches(len(spec.columns), spec.dtype, _example_rows(model))
+    if kernels.verified(kernel, model.predict_estimator, probes):
+        spec.kernel, spec.kernel_name = kernel, name
 
 
 def warm_up(model: LoadedModel) -> None:

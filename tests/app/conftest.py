@@ -4,7 +4,9 @@
   so the replica and `mlflow models serve` load the model the way a replica does in the
   stack: through the server's proxy, without storage credentials);
 - the demo model trained by `python -m app.trainer` (model CONF_MODEL, alias ALIAS);
-- `mlflow models serve` and our replica, both on `models:/CONF_MODEL@ALIAS`.
+- `mlflow models serve` and our replica, both on `models:/CONF_MODEL@ALIAS`; the replica
+  twice, with its linear prediction kernel and with it switched off, so the conformance
+  tests cover both ways the fast path can predict.
 """
 
 from __future__ import annotations
@@ -57,11 +59,14 @@ def mlflow_serve(tracking: rp.Proc, trained: dict[str, object], workdir: Path) -
         proc.stop()
 
 
-@pytest.fixture(scope="session")
-def replica(tracking: rp.Proc, trained: dict[str, object], workdir: Path) -> Iterator[rp.Proc]:
+@pytest.fixture(scope="session", params=["true", "false"], ids=["kernel", "estimator"])
+def replica(request: pytest.FixtureRequest, tracking: rp.Proc, trained: dict[str, object],
+            workdir: Path) -> Iterator[rp.Proc]:
     proc = rp.start_replica(tracking.url, CONF_MODEL, ALIAS, workdir,
                             **{contract.ENV_MAX_BODY_BYTES: str(MAX_BODY_BYTES),
-                               contract.ENV_MAX_BATCH_WAIT_MS: "2"})
+                               contract.ENV_MAX_BATCH_WAIT_MS: "2",
+                               contract.ENV_PREDICT_KERNELS: request.param})
+    proc.extra[contract.ENV_PREDICT_KERNELS] = request.param
     try:
         yield proc
     finally:

@@ -140,6 +140,14 @@ def test_missing_content_type_matches(replica: Any, mlflow_serve: Any) -> None:
     assert ours.status_code == theirs.status_code
 
 
+def test_fast_path_predicts_the_way_the_fixture_says(replica: Any) -> None:
+    """The two `replica` variants really differ: one uses the linear kernel, one the estimator."""
+    health = httpx.get(replica.url + contract.ROUTE_HEALTH, timeout=10).json()
+    assert health["model"]["fast_path"] is True
+    expected = "sklearn-linear-classifier" if replica.extra[contract.ENV_PREDICT_KERNELS] == "true" else None
+    assert health["model"]["fast_kernel"] == expected
+
+
 def test_get_routes_match(replica: Any, mlflow_serve: Any) -> None:
     for route in (contract.ROUTE_PING, contract.ROUTE_VERSION, contract.ROUTE_HEALTH):
         ours = httpx.get(replica.url + route, timeout=10)

@@ -38,6 +38,7 @@ INVALID: list[tuple[dict[str, object], str, tuple[str, ...]]] = [
     ({"nginxImage": "nginx"}, "nginxImage", ("explicit tag",)),
     ({"dockerHost": "gpu-box"}, "dockerHost", ("ssh://",)),
     ({"trainDemoModel": "yes"}, "trainDemoModel", ("true or false",)),
+    ({"predictKernels": "maybe"}, "predictKernels", ("true or false",)),
     ({"replicsa": 3}, "replicsa", ("not a known key", "replicas")),
 ]
 

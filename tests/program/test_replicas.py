@@ -34,6 +34,7 @@ def test_replica_container(any_stack: DeclaredStack) -> None:
         assert env[contract.ENV_MAX_BODY_BYTES] == str(16 * 2**20)
         assert env[contract.ENV_DEVICE] == contract.DEVICE_AUTO
         assert env[contract.ENV_SHUTDOWN_GRACE_S] == "30"
+        assert env[contract.ENV_PREDICT_KERNELS] == "true"
         probe = " ".join(inputs["healthcheck"]["tests"])
         assert f"127.0.0.1:{contract.REPLICA_PORT}{contract.ROUTE_READY}" in probe
         assert inputs["healthcheck"]["startPeriod"] == f"{START_PERIOD_S}s"
@@ -47,6 +48,14 @@ def test_replica_env_names_are_all_from_the_contract(any_stack: DeclaredStack) -
     names = {value for key, value in vars(contract).items() if key.startswith("ENV_")}
     for replica in any_stack.replicas():
         assert set(env_map(replica.inputs["envs"])) <= names
+
+
+def test_prediction_kernels_can_be_switched_off() -> None:
+    stack = run_program("dev", {"predictKernels": False})
+    replicas = stack.replicas()
+    assert len(replicas) == 2
+    for replica in replicas:
+        assert env_map(replica.inputs["envs"])[contract.ENV_PREDICT_KERNELS] == "false"
 
 
 def test_dev_stack_is_small_cpu_only(dev: DeclaredStack) -> None:
