@@ -102,16 +102,18 @@ def _regressor(coef: np.ndarray, intercept: Any) -> Kernel:
 
 
 def probe_batches(n_columns: int, dtype: Any, examples: Iterable[np.ndarray] = ()) -> list[np.ndarray]:
-    """What a kernel is checked on: the given example batches, then seeded random ones."""
+    """What a kernel is checked on: the given example batches, then seeded random ones, all
+    in the layout the fast path predicts on (column-major, see `LoadedModel.rows_array`):
+    BLAS may round differently for another layout, and the check must see what serving sees."""
     rng = np.random.default_rng(PROBE_SEED)
-    batches = [e for e in examples if e.ndim == 2 and e.shape[1] == n_columns and len(e)]
+    batches = [np.asfortranarray(e, dtype=dtype) for e in examples if e.ndim == 2 and e.shape[1] == n_columns and len(e)]
     for n in PROBE_BATCH_SIZES:
         if np.dtype(dtype).kind == "f":
             # Mixed scales, so the check is not only on values near zero.
             batch = rng.normal(0.0, 1.0, (n, n_columns)) * rng.choice([0.01, 1.0, 100.0], (n, n_columns))
         else:
             batch = rng.integers(-1000, 1000, (n, n_columns))
-        batches.append(np.ascontiguousarray(batch, dtype=dtype))
+        batches.append(np.asfortranarray(batch, dtype=dtype))
     return batches
 
 

@@ -162,11 +162,15 @@ class LoadedModel:
         return rows
 
     def rows_array(self, rows: list[list[Any]]) -> np.ndarray:
-        """Checked rows (of one request or a whole batch) as a 2-D array, or NotFast."""
+        """Checked rows (of one request or a whole batch) as a 2-D array, or NotFast.
+
+        Column-major, as the array scikit-learn gets from the DataFrame pyfunc hands it (one
+        block per dtype, stored column by column): BLAS rounds the last bit differently for
+        the other layout, and a request scored alone then gets exactly MLflow's floats."""
         spec = self.fast
         assert spec is not None
         try:
-            arr = np.array(rows, dtype=spec.dtype)
+            arr = np.array(rows, dtype=spec.dtype, order="F")
         except (OverflowError, ValueError):  # e.g. an integer beyond int64
             raise NotFast from None
         if arr.ndim != 2 or arr.shape[1] != len(spec.columns):
@@ -333,7 +337,7 @@ def _example_rows(model: LoadedModel) -> list[np.ndarray]:
         import pandas as pd
 
         if isinstance(example, pd.DataFrame):
-            return [np.ascontiguousarray(example[list(spec.columns)].to_numpy(dtype=spec.dtype))]
+            return [example[list(spec.columns)].to_numpy(dtype=spec.dtype)]
     except Exception:  # noqa: BLE001 - no usable example: the seeded batches still check the kernel
         pass
     return []
