@@ -365,16 +365,16 @@ def attach_kernel(model: LoadedModel) -> None:
 def warm_up(model: LoadedModel) -> None:
     """Score once before taking traffic, so the first user does not pay for lazy imports
     and so a model that loads but cannot predict never replaces one that can."""
-    example = None
-    try:
-        example = model.pyfunc.input_example
-    except Exception:  # noqa: BLE001 - no example is fine
-        example = None
     if model.fast is not None:
         row = np.zeros((1, len(model.fast.columns)), dtype=model.fast.dtype)
         model.predict_fast(row)
         import pandas as pd
 
         model.pyfunc.predict(pd.DataFrame(row, columns=list(model.fast.columns)))
-    elif example is not None:
+        return
+    try:
+        example = model.pyfunc.input_example  # read from the model's files: only where it is used
+    except Exception:  # noqa: BLE001 - no example is fine
+        return
+    if example is not None:
         model.pyfunc.predict(example)
