@@ -196,14 +196,13 @@ def main() -> int:
         t_rs = runs.get("mlflow", {}).get(c)
         k_rs = runs.get("ceiling", {}).get(c)
         if o_rs and t_rs:
-            speed = [o["rps"] / t["rps"] for o, t in zip(o_rs, t_rs, strict=True)]
-            p99 = [o["p99"] / t["p99"] for o, t in zip(o_rs, t_rs, strict=True)]
+            speed, p99 = _per_round(o_rs, t_rs, "rps"), _per_round(o_rs, t_rs, "p99")
             o, t = results["ours"][c], results["mlflow"][c]
             line += (f" ours/mlflow req/s x{_span(speed, '.1f')}   ours/mlflow p99 {_span(p99, '.3f')}"
                      f"   RSS ours/mlflow x{o['rss_mb'] / t['rss_mb']:.2f}")
             ratios.update(rps_vs_mlflow=statistics.median(speed), p99_vs_mlflow=statistics.median(p99))
         if o_rs and k_rs:
-            ceil = [o["rps"] / k["rps"] for o, k in zip(o_rs, k_rs, strict=True)]
+            ceil = _per_round(o_rs, k_rs, "rps")
             line += f"   ours/ceiling req/s {_span(ceil, '.2f')}"
             ratios["rps_vs_ceiling"] = statistics.median(ceil)
         print(line)
@@ -211,22 +210,28 @@ def main() -> int:
         if e_rs and (t_rs or k_rs):
             parts = []
             if t_rs:
-                parts.append(f"/mlflow req/s x{_span([e['rps'] / t['rps'] for e, t in zip(e_rs, t_rs, strict=True)], '.1f')}"
-                             f"   /mlflow p99 {_span([e['p99'] / t['p99'] for e, t in zip(e_rs, t_rs, strict=True)], '.3f')}")
-                ratios["est_rps_vs_mlflow"] = statistics.median(e["rps"] / t["rps"] for e, t in zip(e_rs, t_rs, strict=True))
+                est_speed = _per_round(e_rs, t_rs, "rps")
+                parts.append(f"/mlflow req/s x{_span(est_speed, '.1f')}"
+                             f"   /mlflow p99 {_span(_per_round(e_rs, t_rs, 'p99'), '.3f')}")
+                ratios["est_rps_vs_mlflow"] = statistics.median(est_speed)
             if k_rs:
-                parts.append(f"/ceiling req/s {_span([e['rps'] / k['rps'] for e, k in zip(e_rs, k_rs, strict=True)], '.2f')}")
-                ratios["est_rps_vs_ceiling"] = statistics.median(
-                    e["rps"] / k["rps"] for e, k in zip(e_rs, k_rs, strict=True))
+                est_ceil = _per_round(e_rs, k_rs, "rps")
+                parts.append(f"/ceiling req/s {_span(est_ceil, '.2f')}")
+                ratios["est_rps_vs_ceiling"] = statistics.median(est_ceil)
             print("        ours-est (kernel off) " + "   ".join(parts))
         if o_rs and "starlette-const" in runs:
-            st = [o["rps"] / k["rps"] for o, k in zip(o_rs, runs["starlette-const"][c], strict=True)]
+            st = _per_round(o_rs, runs["starlette-const"][c], "rps")
             print(f"        ours / constant answer on Starlette (reference, not the ceiling): {_span(st, '.2f')}")
         results.setdefault("ratios", {})[c] = ratios
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     shutil.rmtree(tmp, ignore_errors=True)
     return 0
+
+
+def _per_round(mine: list[dict[str, float]], other: list[dict[str, float]], key: str) -> list[float]:
+    """mine/other for one figure, round by round (the runs of a round are back to back)."""
+    return [m[key] / o[key] for m, o in zip(mine, other, strict=True)]
 
 
 def _span(values: list[float], fmt: str) -> str:
