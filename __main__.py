@@ -1,13 +1,13 @@
 """mlserve: the whole serving stack on a Docker host, driven by validated stack config.
 
-Config is read and validated once (components/settings.py) before any resource exists;
+Config is read and validated once (stackconfig/settings.py) before any resource exists;
 an invalid value stops the program with a message naming the key.
 """
 
 import pulumi
 
-from components import settings as config
 from components.stack import declare, entry_url, mlflow_url
+from stackconfig import settings as config
 
 settings = config.load()
 stack = declare(settings)

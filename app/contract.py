@@ -59,6 +59,9 @@ DEVICE_CUDA = "cuda"
 # Entry points, run as `python -m <module>` in the image's working directory.
 REPLICA_MODULE = "app.server"
 TRAINER_MODULE = "app.trainer"
+# Exits 0 when the replica in the same container is ready: the image's HEALTHCHECK and the
+# healthcheck the program declares both run it.
+PROBE_MODULE = "app.server.probe"
 
 # Image build: the context is `app/`; the Dockerfiles live there.
 REPLICA_DOCKERFILE = "Dockerfile.replica"

@@ -40,7 +40,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app import contract  # noqa: E402
-from benchmarks import replica_procs as rp  # noqa: E402
+from procstack import solo as rp  # noqa: E402
 
 MODEL = "iris-bench"
 ALIAS = "champion"

@@ -7,18 +7,10 @@ import pulumi_docker as docker
 import pulumi_random as random
 
 from app import contract
-from components.common import (
-    LOG_DRIVER,
-    LOG_OPTS,
-    RESTART_SERVICE,
-    container_name,
-    healthcheck,
-    labels,
-    one_shot_job,
-    type_token,
-)
+from components.common import healthcheck, one_shot_job, service_container, type_token
 from components.metadata import password
-from components.settings import Settings
+from stackconfig.names import ROLE_BUCKET, ROLE_MINIO, container_name
+from stackconfig.settings import Settings
 
 DATA_DIR = "/data"
 # `mc` is in the MinIO server image (curl is not); `mc ready local` checks the server.
@@ -52,30 +44,25 @@ class ArtifactStore(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, protect=settings.protect_data, retain_on_delete=settings.protect_data),
         )
         credentials = pulumi.Output.all(self.access_key, self.secret_key)
-        self.container = docker.Container(
+        self.container = service_container(
             "minio",
-            docker.ContainerArgs(
-                name=container_name(settings.stack, "minio"),
-                image=settings.images.minio,
-                command=["server", DATA_DIR],
-                envs=credentials.apply(lambda c: [f"MINIO_ROOT_USER={c[0]}", f"MINIO_ROOT_PASSWORD={c[1]}"]),
-                volumes=[docker.ContainerVolumeArgs(volume_name=self.volume.name, container_path=DATA_DIR)],
-                networks_advanced=[docker.ContainerNetworksAdvancedArgs(name=network, aliases=[contract.MINIO_HOST])],
-                healthcheck=healthcheck(HEALTH_TEST),
-                wait=True,
-                wait_timeout=120,
-                restart=RESTART_SERVICE,
-                destroy_grace_seconds=30,
-                log_driver=LOG_DRIVER,
-                log_opts=LOG_OPTS,
-                labels=labels(settings.stack, "minio"),
-            ),
+            stack=settings.stack,
+            role=ROLE_MINIO,
+            image=settings.images.minio,
+            command=["server", DATA_DIR],
+            envs=credentials.apply(lambda c: [f"MINIO_ROOT_USER={c[0]}", f"MINIO_ROOT_PASSWORD={c[1]}"]),
+            volumes=[docker.ContainerVolumeArgs(volume_name=self.volume.name, container_path=DATA_DIR)],
+            network=network,
+            aliases=[contract.MINIO_HOST],
+            health=healthcheck(HEALTH_TEST),
+            wait_timeout_s=120,
             opts=pulumi.ResourceOptions(parent=self),
         )
         # MLflow never creates its bucket; `--ignore-existing` makes a re-run harmless.
         self.bucket_job = one_shot_job(
             "minio-bucket",
             stack=settings.stack,
+            role=ROLE_BUCKET,
             image=settings.images.minio_client,
             command=["mb", "--ignore-existing", f"{MC_ALIAS}/{self.bucket}"],
             envs=credentials.apply(

@@ -13,8 +13,9 @@ import pulumi_docker as docker
 
 import nginx.render as nginx_render
 from app import contract
-from components.common import LOG_DRIVER, LOG_OPTS, RESTART_SERVICE, container_name, healthcheck, labels, type_token
-from components.settings import Settings
+from components.common import healthcheck, service_container, type_token
+from stackconfig.names import ROLE_BALANCER
+from stackconfig.settings import Settings
 
 CONF_PATH = f"{nginx_render.CONF_DIR_IN_CONTAINER}/{nginx_render.CONF_FILE}"
 STATUS_PATH = f"{nginx_render.CONF_DIR_IN_CONTAINER}/{nginx_render.STATUS_DIR}/{nginx_render.STATUS_FILE}"
@@ -32,32 +33,26 @@ class Balancer(pulumi.ComponentResource):
         self, name: str, *, settings: Settings, network: pulumi.Input[str], opts: pulumi.ResourceOptions | None = None
     ) -> None:
         super().__init__(type_token("Balancer"), name, None, opts)
-        self.container = docker.Container(
+        self.container = service_container(
             "balancer",
-            docker.ContainerArgs(
-                name=container_name(settings.stack, "balancer"),
-                image=settings.images.nginx,
-                uploads=[
-                    docker.ContainerUploadArgs(file=CONF_PATH, content=nginx_render.render(settings)),
-                    docker.ContainerUploadArgs(file=STATUS_PATH, content=nginx_render.render_status(settings)),
-                ],
-                ports=[
-                    docker.ContainerPortArgs(
-                        internal=contract.BALANCER_PORT, external=settings.balancer.port, ip=settings.balancer.bind_ip
-                    )
-                ],
-                networks_advanced=[docker.ContainerNetworksAdvancedArgs(name=network, aliases=[contract.BALANCER_HOST])],
-                healthcheck=healthcheck(HEALTH_TEST, start_period_s=10),
-                wait=True,
-                wait_timeout=60,
-                restart=RESTART_SERVICE,
-                stop_signal=STOP_SIGNAL,
-                destroy_grace_seconds=STOP_GRACE_S,
-                stop_timeout=STOP_GRACE_S,
-                log_driver=LOG_DRIVER,
-                log_opts=LOG_OPTS,
-                labels=labels(settings.stack, "balancer"),
-            ),
+            stack=settings.stack,
+            role=ROLE_BALANCER,
+            image=settings.images.nginx,
+            uploads=[
+                docker.ContainerUploadArgs(file=CONF_PATH, content=nginx_render.render(settings)),
+                docker.ContainerUploadArgs(file=STATUS_PATH, content=nginx_render.render_status(settings)),
+            ],
+            ports=[
+                docker.ContainerPortArgs(
+                    internal=contract.BALANCER_PORT, external=settings.balancer.port, ip=settings.balancer.bind_ip
+                )
+            ],
+            network=network,
+            aliases=[contract.BALANCER_HOST],
+            health=healthcheck(HEALTH_TEST, start_period_s=10),
+            wait_timeout_s=60,
+            stop_signal=STOP_SIGNAL,
+            stop_grace_s=STOP_GRACE_S,
             opts=pulumi.ResourceOptions(parent=self),
         )
         self.register_outputs({"container": self.container.name})

@@ -1,4 +1,9 @@
-"""What every component shares: names, type tokens, log rotation, healthchecks."""
+"""What every component shares: type tokens, log rotation, healthchecks, and the two container shapes.
+
+Every container is either a long-running service (`service_container`) or a one-shot job
+(`one_shot_job`); both carry the stack and role labels (`stackconfig.names`) by which tooling
+tells containers apart.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,9 @@ from collections.abc import Sequence
 import pulumi
 import pulumi_docker as docker
 
-PROJECT = "mlserve"
+from app import contract
+from stackconfig.names import LABEL_ROLE, LABEL_STACK, PROJECT, container_name
+
 TYPE_PREFIX = f"{PROJECT}:stack"
 
 # Build context of the images we build: `app/`, next to Pulumi.yaml. pulumi-docker
@@ -24,27 +31,30 @@ RESTART_SERVICE = "unless-stopped"
 # One-shot jobs (bucket creation, demo model) run once per create.
 RESTART_JOB = "no"
 
-LABEL_STACK = f"{PROJECT}.stack"
-LABEL_ROLE = f"{PROJECT}.role"
+# Seconds a service gets between its stop signal and the kill, on `docker stop` and on a
+# Pulumi delete alike (pulumi-docker's destroy_grace_seconds defaults to an immediate kill).
+DEFAULT_STOP_GRACE_S = 30
 
 
 def type_token(component: str) -> str:
     return f"{TYPE_PREFIX}:{component}"
 
 
-def container_name(stack: str, role: str) -> str:
-    """Docker-level container name, unique per host across stacks."""
-    return f"{PROJECT}-{stack}-{role}"
-
-
 def labels(stack: str, role: str) -> list[docker.ContainerLabelArgs]:
     return [docker.ContainerLabelArgs(label=LABEL_STACK, value=stack), docker.ContainerLabelArgs(label=LABEL_ROLE, value=role)]
 
 
-def http_probe(port: int, path: str) -> list[str]:
-    """A healthcheck command for our Python images (no curl in them): exit 1 unless 2xx."""
+def python_http_probe(port: int, path: str) -> list[str]:
+    """A healthcheck command for images with Python and no curl: exit 1 unless 2xx.
+
+    The MLflow image's HEALTHCHECK runs the same command (a test compares them)."""
     url = f"http://127.0.0.1:{port}{path}"
     return ["CMD", "python", "-c", f"import urllib.request; urllib.request.urlopen('{url}', timeout=3)"]
+
+
+# The replica image's own probe module (its HEALTHCHECK runs the same): it reads the port the
+# replica listens on from the replica's environment.
+REPLICA_PROBE = ["CMD", "python", "-m", contract.PROBE_MODULE]
 
 
 def healthcheck(
@@ -61,10 +71,74 @@ def healthcheck(
     )
 
 
+def service_container(
+    resource_name: str,
+    *,
+    stack: str,
+    role: str,
+    image: pulumi.Input[str],
+    network: pulumi.Input[str],
+    aliases: Sequence[str],
+    health: docker.ContainerHealthcheckArgs,
+    wait_timeout_s: int,
+    opts: pulumi.ResourceOptions,
+    command: Sequence[str] | None = None,
+    envs: pulumi.Input[Sequence[pulumi.Input[str]]] | None = None,
+    stop_grace_s: int = DEFAULT_STOP_GRACE_S,
+    stop_signal: str | None = None,
+    hostname: str | None = None,
+    ports: Sequence[docker.ContainerPortArgs] | None = None,
+    volumes: Sequence[docker.ContainerVolumeArgs] | None = None,
+    uploads: Sequence[docker.ContainerUploadArgs] | None = None,
+    cpus: str | None = None,
+    memory_mb: int | None = None,
+    shm_mb: int | None = None,
+    gpus: str | None = None,
+    device_requests: Sequence[docker.ContainerDeviceRequestArgs] | None = None,
+) -> docker.Container:
+    """A long-running container on the private network: restarted unless stopped by hand, logs
+    rotated, created only once healthy (`wait`), stopped with `stop_grace_s` to finish its work.
+
+    A memory limit comes without swap: a container over its limit is killed and restarted,
+    not slowed down."""
+    return docker.Container(
+        resource_name,
+        docker.ContainerArgs(
+            name=container_name(stack, resource_name),
+            hostname=hostname,
+            image=image,
+            command=list(command) if command is not None else None,
+            envs=envs,
+            networks_advanced=[docker.ContainerNetworksAdvancedArgs(name=network, aliases=list(aliases))],
+            ports=list(ports) if ports is not None else None,
+            volumes=list(volumes) if volumes is not None else None,
+            uploads=list(uploads) if uploads is not None else None,
+            cpus=cpus,
+            memory=memory_mb,
+            memory_swap=memory_mb,
+            shm_size=shm_mb,
+            gpus=gpus,
+            device_requests=list(device_requests) if device_requests is not None else None,
+            healthcheck=health,
+            wait=True,
+            wait_timeout=wait_timeout_s,
+            restart=RESTART_SERVICE,
+            stop_signal=stop_signal,
+            destroy_grace_seconds=stop_grace_s,
+            stop_timeout=stop_grace_s,
+            log_driver=LOG_DRIVER,
+            log_opts=LOG_OPTS,
+            labels=labels(stack, role),
+        ),
+        opts=opts,
+    )
+
+
 def one_shot_job(
     resource_name: str,
     *,
     stack: str,
+    role: str,
     image: pulumi.Input[str],
     command: list[str],
     envs: pulumi.Input[Sequence[pulumi.Input[str]]],
@@ -89,7 +163,7 @@ def one_shot_job(
             restart=RESTART_JOB,
             log_driver=LOG_DRIVER,
             log_opts=LOG_OPTS,
-            labels=labels(stack, resource_name),
+            labels=labels(stack, role),
         ),
         opts=opts,
     )

@@ -12,8 +12,9 @@ import pulumi
 import pulumi_docker as docker
 
 from app import contract
-from components.common import APP_CONTEXT, PROJECT, type_token
-from components.settings import Settings
+from components.common import APP_CONTEXT, type_token
+from stackconfig.names import PROJECT
+from stackconfig.settings import Settings
 
 
 def replica_variant(settings: Settings) -> str:

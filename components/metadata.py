@@ -7,8 +7,9 @@ import pulumi_docker as docker
 import pulumi_random as random
 
 from app import contract
-from components.common import LOG_DRIVER, LOG_OPTS, RESTART_SERVICE, container_name, healthcheck, labels, type_token
-from components.settings import Settings
+from components.common import healthcheck, service_container, type_token
+from stackconfig.names import ROLE_MYSQL, container_name
+from stackconfig.settings import Settings
 
 DATABASE = "mlflow"
 USER = "mlflow"
@@ -50,23 +51,17 @@ class MetadataStore(pulumi.ComponentResource):
                 f"MYSQL_ROOT_PASSWORD={pw[1]}",
             ]
         )
-        self.container = docker.Container(
+        self.container = service_container(
             "mysql",
-            docker.ContainerArgs(
-                name=container_name(settings.stack, "mysql"),
-                image=settings.images.mysql,
-                envs=envs,
-                volumes=[docker.ContainerVolumeArgs(volume_name=self.volume.name, container_path=DATA_DIR)],
-                networks_advanced=[docker.ContainerNetworksAdvancedArgs(name=network, aliases=[contract.MYSQL_HOST])],
-                healthcheck=healthcheck(HEALTH_TEST, start_period_s=START_PERIOD_S),
-                wait=True,
-                wait_timeout=START_PERIOD_S + 120,
-                restart=RESTART_SERVICE,
-                destroy_grace_seconds=30,
-                log_driver=LOG_DRIVER,
-                log_opts=LOG_OPTS,
-                labels=labels(settings.stack, "mysql"),
-            ),
+            stack=settings.stack,
+            role=ROLE_MYSQL,
+            image=settings.images.mysql,
+            envs=envs,
+            volumes=[docker.ContainerVolumeArgs(volume_name=self.volume.name, container_path=DATA_DIR)],
+            network=network,
+            aliases=[contract.MYSQL_HOST],
+            health=healthcheck(HEALTH_TEST, start_period_s=START_PERIOD_S),
+            wait_timeout_s=START_PERIOD_S + 120,
             opts=pulumi.ResourceOptions(parent=self),
         )
         self.backend_uri = pulumi.Output.secret(

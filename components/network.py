@@ -5,7 +5,8 @@ from __future__ import annotations
 import pulumi
 import pulumi_docker as docker
 
-from components.common import PROJECT, type_token
+from components.common import type_token
+from stackconfig.names import LABEL_STACK, network_name
 
 
 class PrivateNetwork(pulumi.ComponentResource):
@@ -16,9 +17,9 @@ class PrivateNetwork(pulumi.ComponentResource):
         self.network = docker.Network(
             "net",
             docker.NetworkArgs(
-                name=f"{PROJECT}-{stack}",
+                name=network_name(stack),
                 driver="bridge",
-                labels=[docker.NetworkLabelArgs(label=f"{PROJECT}.stack", value=stack)],
+                labels=[docker.NetworkLabelArgs(label=LABEL_STACK, value=stack)],
             ),
             opts=pulumi.ResourceOptions(parent=self),
         )

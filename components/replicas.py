@@ -52,9 +52,9 @@ import pulumi
 import pulumi_docker as docker
 
 from app import contract
-from components.common import LOG_DRIVER, LOG_OPTS, RESTART_SERVICE, container_name, healthcheck, http_probe, labels, type_token
-from components.settings import GpuSettings, ReplicaGroup, Settings
-from nginx.render import weight_alias
+from components.common import REPLICA_PROBE, healthcheck, service_container, type_token
+from stackconfig.names import ROLE_REPLICA, container_name, replica_resource, weight_alias
+from stackconfig.settings import GpuSettings, ReplicaGroup, Settings
 
 # Longest time a replica may take from create to ready (model download and load) before
 # `pulumi up` gives up on it. Also bounds how long a rollout waits per replica.
@@ -62,12 +62,12 @@ WAIT_TIMEOUT_S = 600
 # Docker does not count failed probes during the start period, and with start_interval
 # it probes every 2 s meanwhile, so a quick start is seen quickly.
 START_PERIOD_S = 120
+# The replica image's HEALTHCHECK uses the same probe and timings (a test compares them).
+HEALTH_INTERVAL_S = 10
+HEALTH_TIMEOUT_S = 5
+HEALTH_RETRIES = 3
 STOP_MARGIN_S = 5
 NVIDIA_DRIVER = "nvidia"
-
-
-def replica_role(index: int) -> str:
-    return f"replica-{index}"
 
 
 def replica_envs(settings: Settings, group: ReplicaGroup, instance_id: str, tracking_url: str) -> list[str]:
@@ -127,43 +127,33 @@ class ModelReplicas(pulumi.ComponentResource):
             resources = group.resources
             stop_s = settings.serving.shutdown_grace_s + STOP_MARGIN_S
             for weight in group.weights:
-                role = replica_role(index)
-                instance = container_name(settings.stack, role)
+                resource = replica_resource(index)
+                instance = container_name(settings.stack, resource)
                 gpus, device_requests = gpu_args(resources.gpu, index)
-                container = docker.Container(
-                    role,
-                    docker.ContainerArgs(
-                        name=instance,
-                        hostname=role,
-                        image=image,
-                        command=["python", "-m", contract.REPLICA_MODULE],
-                        envs=replica_envs(settings, group, instance, tracking_url),
-                        networks_advanced=[
-                            docker.ContainerNetworksAdvancedArgs(name=network, aliases=[role, weight_alias(weight)])
-                        ],
-                        cpus=resources.cpus,
-                        memory=resources.memory_mb,
-                        # No swap: a replica over its limit is killed and restarted, not slowed.
-                        memory_swap=resources.memory_mb,
-                        shm_size=resources.shm_mb,
-                        gpus=gpus,
-                        device_requests=device_requests,
-                        healthcheck=healthcheck(
-                            http_probe(contract.REPLICA_PORT, contract.ROUTE_READY),
-                            interval_s=10,
-                            timeout_s=3,
-                            retries=3,
-                            start_period_s=START_PERIOD_S,
-                        ),
-                        wait=True,
-                        wait_timeout=WAIT_TIMEOUT_S,
-                        restart=RESTART_SERVICE,
-                        destroy_grace_seconds=stop_s,
-                        stop_timeout=stop_s,
-                        log_driver=LOG_DRIVER,
-                        log_opts=LOG_OPTS,
-                        labels=labels(settings.stack, "replica"),
+                container = service_container(
+                    resource,
+                    stack=settings.stack,
+                    role=ROLE_REPLICA,
+                    hostname=resource,
+                    image=image,
+                    command=["python", "-m", contract.REPLICA_MODULE],
+                    envs=replica_envs(settings, group, instance, tracking_url),
+                    network=network,
+                    aliases=[resource, weight_alias(weight)],
+                    cpus=resources.cpus,
+                    memory_mb=resources.memory_mb,
+                    shm_mb=resources.shm_mb,
+                    gpus=gpus,
+                    device_requests=device_requests,
+                    health=healthcheck(
+                        REPLICA_PROBE,
+                        interval_s=HEALTH_INTERVAL_S,
+                        timeout_s=HEALTH_TIMEOUT_S,
+                        retries=HEALTH_RETRIES,
+                        start_period_s=START_PERIOD_S,
                     ),
+                    wait_timeout_s=WAIT_TIMEOUT_S,
+                    stop_grace_s=stop_s,
                     opts=pulumi.ResourceOptions(parent=self, depends_on=previous),
                 )
                 self.containers.append(container)

@@ -8,16 +8,16 @@ from urllib.parse import urlsplit
 import pulumi
 import pulumi_docker as docker
 
-from app import contract
 from components.artifacts import ArtifactStore
 from components.balancer import Balancer
 from components.images import AppImages
 from components.metadata import MetadataStore
 from components.network import PrivateNetwork
 from components.replicas import ModelReplicas
-from components.settings import Settings
 from components.tracking import TrackingServer
 from components.trainer import DemoModelTrainer
+from stackconfig.names import MLFLOW_PRIVATE_URL
+from stackconfig.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ def entry_url(settings: Settings) -> str:
 def mlflow_url(settings: Settings) -> str:
     """Published on the Docker host's loopback only; else reachable on the private network only."""
     if settings.mlflow_ui_port is None:
-        return f"http://{contract.MLFLOW_HOST}:{contract.MLFLOW_PORT}"
+        return MLFLOW_PRIVATE_URL
     return f"http://127.0.0.1:{settings.mlflow_ui_port}"
 
 

@@ -6,21 +6,15 @@ import pulumi
 import pulumi_docker as docker
 
 from app import contract
-from components.common import (
-    LOG_DRIVER,
-    LOG_OPTS,
-    RESTART_SERVICE,
-    container_name,
-    healthcheck,
-    http_probe,
-    labels,
-    type_token,
-)
-from components.settings import Settings
+from components.common import healthcheck, python_http_probe, service_container, type_token
+from stackconfig.names import MLFLOW_PRIVATE_URL, ROLE_MLFLOW
+from stackconfig.settings import Settings
 
 # The server answers /health before the API is usable only for a moment; schema creation
 # on a fresh database takes a while.
 START_PERIOD_S = 60
+# The MLflow image's HEALTHCHECK runs the same command with the same timings (a test compares).
+HEALTH_TEST = python_http_probe(contract.MLFLOW_PORT, contract.ROUTE_HEALTH)
 
 
 def allowed_hosts(settings: Settings) -> list[str]:
@@ -74,7 +68,7 @@ class TrackingServer(pulumi.ComponentResource):
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__(type_token("TrackingServer"), name, None, opts)
-        self.url = f"http://{contract.MLFLOW_HOST}:{contract.MLFLOW_PORT}"
+        self.url = MLFLOW_PRIVATE_URL
         # Credentials go through the environment (a secret input), never the command line.
         envs = pulumi.Output.all(backend_uri, s3_access_key, s3_secret_key).apply(
             lambda v: [
@@ -91,24 +85,18 @@ class TrackingServer(pulumi.ComponentResource):
             if settings.mlflow_ui_port is not None
             else None
         )
-        self.container = docker.Container(
+        self.container = service_container(
             "mlflow",
-            docker.ContainerArgs(
-                name=container_name(settings.stack, "mlflow"),
-                image=image,
-                command=server_command(settings),
-                envs=pulumi.Output.secret(envs),
-                ports=ports,
-                networks_advanced=[docker.ContainerNetworksAdvancedArgs(name=network, aliases=[contract.MLFLOW_HOST])],
-                healthcheck=healthcheck(http_probe(contract.MLFLOW_PORT, contract.ROUTE_HEALTH), start_period_s=START_PERIOD_S),
-                wait=True,
-                wait_timeout=START_PERIOD_S + 120,
-                restart=RESTART_SERVICE,
-                destroy_grace_seconds=30,
-                log_driver=LOG_DRIVER,
-                log_opts=LOG_OPTS,
-                labels=labels(settings.stack, "mlflow"),
-            ),
+            stack=settings.stack,
+            role=ROLE_MLFLOW,
+            image=image,
+            command=server_command(settings),
+            envs=pulumi.Output.secret(envs),
+            ports=ports,
+            network=network,
+            aliases=[contract.MLFLOW_HOST],
+            health=healthcheck(HEALTH_TEST, start_period_s=START_PERIOD_S),
+            wait_timeout_s=START_PERIOD_S + 120,
             opts=pulumi.ResourceOptions(parent=self, depends_on=depends_on),
         )
         self.register_outputs({"container": self.container.name, "url": self.url})

@@ -7,7 +7,8 @@ import pulumi_docker as docker
 
 from app import contract
 from components.common import one_shot_job, type_token
-from components.settings import ReplicaGroup, Settings
+from stackconfig.names import ROLE_TRAINER
+from stackconfig.settings import ReplicaGroup, Settings
 
 
 def trainer_envs(group: ReplicaGroup, tracking_url: str) -> list[str]:
@@ -39,6 +40,7 @@ class DemoModelTrainer(pulumi.ComponentResource):
         self.container = one_shot_job(
             "trainer",
             stack=settings.stack,
+            role=ROLE_TRAINER,
             image=image,
             command=["python", "-m", contract.TRAINER_MODULE],
             envs=trainer_envs(settings.default_group, tracking_url),

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 if TYPE_CHECKING:
-    from components.settings import Settings
+    from stackconfig.settings import Settings
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PROGRAM = PROJECT_ROOT / "__main__.py"
@@ -60,6 +60,20 @@ class DeclaredResource:
 
     def secret_inputs(self) -> list[Path_]:
         return sorted(self.secret_paths, key=str)
+
+    def label(self, name: str) -> str | None:
+        """The value of a Docker label the resource declares (None: not declared)."""
+        for item in self.inputs.get("labels") or ():
+            if item.get("label") == name:
+                return str(item.get("value"))
+        return None
+
+    @property
+    def role(self) -> str | None:
+        """The container's role label (stackconfig.names.ROLES), by which tooling tells containers apart."""
+        from stackconfig.names import LABEL_ROLE
+
+        return self.label(LABEL_ROLE) if self.type == CONTAINER else None
 
 
 @dataclass(frozen=True)
@@ -124,16 +138,22 @@ class DeclaredStack:
         except KeyError:
             return None
 
+    def by_role(self, role: str) -> list[DeclaredResource]:
+        """Containers with this role label, in natural name order."""
+        return [r for r in self.containers() if r.role == role]
+
     def replicas(self) -> list[DeclaredResource]:
-        """Replica containers (logical names replica-<i>), in index order."""
-        return [r for r in self.containers() if re.fullmatch(r"replica-\d+", r.name)]
+        """Replica containers, in index order."""
+        from stackconfig.names import ROLE_REPLICA
+
+        return self.by_role(ROLE_REPLICA)
 
     def output(self, name: str) -> Any:
         return self.outputs[name].value
 
     def settings(self) -> Settings:
         """The validated settings this run's config means (what the program itself read)."""
-        from components.settings import parse
+        from stackconfig.settings import parse
 
         prefix = f"{self.project}:"
         return parse(self.stack, {k[len(prefix) :]: v for k, v in self.config.items() if k.startswith(prefix)})

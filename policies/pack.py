@@ -63,15 +63,6 @@ def plain(value: Any) -> Any:
     return value
 
 
-def parent_type_from_urn(urn: str) -> str | None:
-    """urn:pulumi:<stack>::<project>::<parent types, $-separated>$<type>::<name> -> the parent's type."""
-    parts = urn.split("::")
-    if len(parts) < 4:
-        return None
-    chain = parts[2].split("$")
-    return chain[-2] if len(chain) > 1 else None
-
-
 def _context(config: Mapping[str, Any]) -> rules.Context:
     stack = os.environ.get("PULUMI_STACK", "")
     prod_stacks = tuple(str(s) for s in config.get("prodStacks", rules.DEFAULT_PROD_STACKS))
@@ -91,7 +82,6 @@ def _resource_policy(rule: rules.Rule) -> ResourceValidationPolicy:
             props=plain(args.props),
             urn=args.urn,
             protect=bool(args.opts.protect),
-            parent_type=parent_type_from_urn(args.urn),
         )
         _report(rule.check(resource, _context(args.get_config())), report_violation)
 
@@ -111,7 +101,6 @@ def _stack_resource(resource: PolicyResource) -> rules.Resource:
         props=plain(resource.props),
         urn=resource.urn,
         protect=bool(resource.opts.protect),
-        parent_type=resource.parent.resource_type if resource.parent is not None else None,
         dependencies=tuple(d.name for d in resource.dependencies),
     )
 

@@ -21,6 +21,7 @@ from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
 from app import contract
+from stackconfig.names import LABEL_ROLE, ROLE_BALANCER, ROLE_REPLICA
 
 CONTAINER = "docker:index/container:Container"
 IMAGE = "docker:index/image:Image"
@@ -28,9 +29,6 @@ REMOTE_IMAGE = "docker:index/remoteImage:RemoteImage"
 VOLUME = "docker:index/volume:Volume"
 RANDOM_PASSWORD = "random:index/randomPassword:RandomPassword"
 
-# Component type tokens of the program (`mlserve:stack:<ComponentName>`).
-BALANCER_COMPONENT = "mlserve:stack:Balancer"
-REPLICA_NAME = re.compile(r"replica-\d+")  # logical names of replicas: replica-<i>
 
 # The replica image's build argument that selects CUDA, the value that does, and the env
 # var that tells a replica which device to use (all three agreed on in app/contract.py).
@@ -72,7 +70,6 @@ class Resource:
     props: Mapping[str, Any]
     urn: str = ""
     protect: bool = False
-    parent_type: str | None = None
     # Paths into `props` whose value was a secret; None where that is not known (inside the
     # policy pack, the engine hands secrets over unwrapped and unmarked).
     secret_paths: frozenset[Path] | None = None
@@ -147,8 +144,18 @@ def _env(resource: Resource) -> list[tuple[int, str, Any]]:
 # --- only the balancer publishes host ports on a public address ------------------------------
 
 
+def role(resource: Resource) -> str | None:
+    """A container's role label (stackconfig.names.ROLES), the one way containers are told apart."""
+    if resource.type != CONTAINER:
+        return None
+    for item in _list(resource.props.get("labels")):
+        if isinstance(item, Mapping) and item.get("label") == LABEL_ROLE and not is_unknown(item.get("value")):
+            return str(item.get("value"))
+    return None
+
+
 def is_balancer(resource: Resource) -> bool:
-    return resource.parent_type == BALANCER_COMPONENT
+    return role(resource) == ROLE_BALANCER
 
 
 def _public(ip: Any) -> bool:
@@ -188,7 +195,7 @@ def balancer_only_public_ports(resource: Resource, context: Context) -> list[Vio
 
 
 def is_replica(resource: Resource) -> bool:
-    return resource.type == CONTAINER and REPLICA_NAME.fullmatch(resource.name) is not None
+    return role(resource) == ROLE_REPLICA
 
 
 def _positive(value: Any) -> bool:

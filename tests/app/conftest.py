@@ -22,7 +22,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from app import contract  # noqa: E402
-from benchmarks import replica_procs as rp  # noqa: E402
+from procstack import solo as rp  # noqa: E402
 
 CONF_MODEL = "iris-conformance"
 ALIAS = "champion"

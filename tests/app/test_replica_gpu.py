@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from app import contract
-from benchmarks import replica_procs as rp
+from procstack import solo as rp
 
 
 def _cuda() -> bool:

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from app import contract
-from benchmarks import replica_procs as rp
+from procstack import solo as rp
 
 pytestmark = pytest.mark.live
 

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from localstack.stack import LocalStack
+from procstack.stack import LocalStack
 
 START_OVERRIDES = {"replicas": 3, "weights": [1, 1, 3]}
 
@@ -35,7 +35,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
         if os.environ.get("CI"):
             pytest.fail(problem)
         pytest.skip(problem)
-    ls = LocalStack("dev", tmp_path_factory.mktemp("local-stack"))
+    ls = LocalStack("dev", tmp_path_factory.mktemp("proc-stack"))
     try:
         ls.up(START_OVERRIDES)
         yield ls

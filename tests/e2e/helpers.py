@@ -7,8 +7,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from localstack import translate as tr
-from localstack.stack import LocalStack
+from procstack import translate as tr
+from procstack.stack import LocalStack
 
 
 def info(stack: LocalStack) -> dict[str, Any]:

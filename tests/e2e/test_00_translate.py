@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from app import contract
-from localstack import stack as stack_mod
-from localstack import translate as tr
 from mockrun import run_program
+from procstack import stack as stack_mod
+from procstack import translate as tr
 
 
 @pytest.fixture(scope="module")

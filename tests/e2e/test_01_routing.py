@@ -8,8 +8,8 @@ import time
 import pytest
 
 from app import contract
-from localstack import translate as tr
-from localstack.loadgen import run_for
+from procstack import translate as tr
+from procstack.loadgen import run_for
 
 from .helpers import binomial_bound, declared, info
 
@@ -38,7 +38,7 @@ def test_every_replica_serves_and_the_split_follows_the_weights(stack):
 
 
 def test_headless_locust_load_is_bounded_and_fails_nothing(stack, tmp_path):
-    from localstack.load import run_locust
+    from procstack.load import run_locust
 
     started = time.monotonic()
     rc = run_locust(info(stack)["entry_url"], users=4, spawn_rate=4, run_time="5s", csv_prefix=str(tmp_path / "locust"))

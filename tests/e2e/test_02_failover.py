@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from localstack import procs
-from localstack import translate as tr
-from localstack.loadgen import Load
+from procstack import procs
+from procstack import translate as tr
+from procstack.loadgen import Load
 
 from .helpers import balancer_log_entries, info, settings_of_stack
 

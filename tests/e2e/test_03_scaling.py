@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from localstack import procs
-from localstack import translate as tr
 from nginx.render import RESOLVER_VALID_S
+from procstack import procs
+from procstack import translate as tr
 
 from .conftest import START_OVERRIDES
 from .helpers import declared, info, nginx_pids
@@ -26,7 +26,7 @@ def test_scale_out_under_load_adds_replicas_without_reload_or_failure(stack):
     nginx_before = nginx_pids(stack)
     assert len(nginx_before) >= 2, "expected an nginx master and at least one worker"
 
-    from localstack.loadgen import Load
+    from procstack.loadgen import Load
 
     # Bounded: the scale-out (two replica starts) plus the resolver's valid= and a margin.
     load = Load(before["entry_url"], concurrency=4, max_requests=50_000, max_seconds=240).start()
@@ -57,7 +57,7 @@ def test_scale_in_under_load_stops_only_the_removed_replicas_without_failure(sta
     pids_before = {n: r["pid"] for n, r in stack.status()["processes"].items() if r.get("pid")}
     nginx_before = nginx_pids(stack)
 
-    from localstack.loadgen import Load
+    from procstack.loadgen import Load
 
     load = Load(before["entry_url"], concurrency=4, max_requests=50_000, max_seconds=120).start()
     try:

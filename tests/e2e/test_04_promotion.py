@@ -9,8 +9,8 @@ import httpx
 import pytest
 
 from app import contract
-from localstack.loadgen import Load, iris_row_body
-from localstack.stack import promote
+from procstack.loadgen import Load, iris_row_body
+from procstack.stack import promote
 
 from .helpers import info, settings_of_stack
 

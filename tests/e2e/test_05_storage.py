@@ -9,9 +9,9 @@ import pymysql
 import pytest
 
 from app import contract
-from localstack import procs
-from localstack import translate as tr
-from localstack.loadgen import iris_row_body
+from procstack import procs
+from procstack import translate as tr
+from procstack.loadgen import iris_row_body
 
 from .helpers import info, service, settings_of_stack
 

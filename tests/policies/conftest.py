@@ -37,7 +37,6 @@ def to_rules(declared: Iterable[DeclaredResource]) -> list[rules.Resource]:
             props=_props(r),
             urn=r.urn,
             protect=r.protect,
-            parent_type=r.parent_type,
             secret_paths=r.secret_paths,
             dependencies=r.depends_on,
         )

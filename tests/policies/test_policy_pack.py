@@ -23,15 +23,19 @@ from pulumi_policy import (
 from pulumi_policy.proxy import UNKNOWN_ARRAY_VALUE, UNKNOWN_STRING_VALUE, unknown_checking_proxy
 
 from policies import pack, rules
+from stackconfig.names import LABEL_ROLE, ROLE_BALANCER, ROLE_MYSQL, ROLE_REPLICA
+
+
+def role_label(role: str) -> dict[str, Any]:
+    return {"labels": [{"label": LABEL_ROLE, "value": role}]}
 
 
 def options(protect: bool = False, parent: str | None = None) -> PolicyResourceOptions:
     return PolicyResourceOptions(protect, [], None, [], PolicyCustomTimeouts(0, 0, 0), [], parent)
 
 
-def urn(type_: str, name: str, parent_type: str | None = None) -> str:
-    chain = f"{parent_type}${type_}" if parent_type else type_
-    return f"urn:pulumi:prod::mlserve::{chain}::{name}"
+def urn(type_: str, name: str) -> str:
+    return f"urn:pulumi:prod::mlserve::{type_}::{name}"
 
 
 def run_resource_policy(policy: ResourceValidationPolicy, type_: str, name: str, props: dict[str, Any], **kw: Any) -> list[str]:
@@ -39,7 +43,7 @@ def run_resource_policy(policy: ResourceValidationPolicy, type_: str, name: str,
     args = ResourceValidationArgs(
         type_,
         unknown_checking_proxy(props),
-        urn(type_, name, kw.get("parent_type")),
+        urn(type_, name),
         name,
         options(kw.get("protect", False)),
         None,
@@ -70,18 +74,13 @@ def test_plain_turns_unknowns_into_the_sentinel() -> None:
     assert pack.plain(props) == {"envs": ["A=1", rules.UNKNOWN], "ports": rules.UNKNOWN, "healthcheck": {"tests": ["CMD", "x"]}}
 
 
-def test_parent_type_from_urn() -> None:
-    assert pack.parent_type_from_urn(urn(rules.CONTAINER, "nginx", rules.BALANCER_COMPONENT)) == rules.BALANCER_COMPONENT
-    assert pack.parent_type_from_urn(urn(rules.CONTAINER, "x")) is None
-
-
 def test_public_port_reported_through_crossguard() -> None:
     policy = by_name()["balancer-only-public-ports"]
     published = {"ports": [{"internal": 3306, "external": 3306}], "image": "mysql:8.4.3"}
-    messages = run_resource_policy(policy, rules.CONTAINER, "mysql", published, parent_type="mlserve:stack:MetadataStore")
+    messages = run_resource_policy(policy, rules.CONTAINER, "mysql", {**published, **role_label(ROLE_MYSQL)})
     assert messages and "'mysql'" in messages[0]
-    # The balancer itself may publish; its parent type comes from the URN.
-    assert run_resource_policy(policy, rules.CONTAINER, "nginx", published, parent_type=rules.BALANCER_COMPONENT) == []
+    # The balancer itself may publish; it is known by its role label.
+    assert run_resource_policy(policy, rules.CONTAINER, "nginx", {**published, **role_label(ROLE_BALANCER)}) == []
 
 
 def test_unknown_props_do_not_break_a_policy() -> None:
@@ -124,7 +123,7 @@ def test_stack_policy_sees_outputs_and_dependencies(monkeypatch: pytest.MonkeyPa
     )
     replica = PolicyResource(
         rules.CONTAINER,
-        unknown_checking_proxy({"envs": ["DB_PASSWORD=s3cr3t-generated", "API_TOKEN=literal"]}),
+        unknown_checking_proxy({"envs": ["DB_PASSWORD=s3cr3t-generated", "API_TOKEN=literal"], **role_label(ROLE_REPLICA)}),
         urn(rules.CONTAINER, "replica-0"),
         "replica-0",
         options(),

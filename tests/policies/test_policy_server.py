@@ -76,12 +76,13 @@ def _struct(props: dict[str, Any]) -> struct_pb2.Struct:
 def _resources(declared: DeclaredStack, change: dict[str, dict[str, Any]] | None = None) -> list[analyzer_pb2.AnalyzerResource]:
     """The declared resources as the engine sends them; `change` edits props (or `protect`) by name."""
     urns = {(r.name, r.type): r.urn for r in declared}
+    parents = {r.urn: urns.get((r.parent, r.parent_type), "") for r in declared}
     out = []
     for resource in to_rules(declared):
         edits = dict((change or {}).get(resource.name, {}))
         protect = edits.pop("protect", resource.protect)
         props = {k: v for k, v in {**resource.props, **edits}.items() if v is not None}
-        parent = next((urn for (name, type_), urn in urns.items() if type_ == resource.parent_type), "")
+        parent = parents[resource.urn]
         out.append(
             analyzer_pb2.AnalyzerResource(
                 type=resource.type,

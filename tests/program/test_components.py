@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from app import contract
-from components import settings as settings_module
 from mockrun import CONTAINER_TYPE, DeclaredStack
 from mockrun.harness import IMAGE, NETWORK, RANDOM_PASSWORD, VOLUME
+from stackconfig import settings as settings_module
 from tests.program.helpers import env_map
 
 COMPONENTS = {
@@ -204,8 +204,8 @@ def test_volumes_are_named_and_protected_only_in_prod(dev: DeclaredStack, prod: 
 
 def test_balancer(any_stack: DeclaredStack) -> None:
     from components.balancer import CONF_PATH, STATUS_PATH
-    from components.settings import parse
     from nginx.render import render, render_status
+    from stackconfig.settings import parse
 
     balancer = any_stack.container("balancer")
     assert balancer.parent == "balancer"

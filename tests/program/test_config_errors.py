@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from components.settings import ConfigError
 from mockrun import attempt, run_program
+from stackconfig.settings import ConfigError
 
 # (overrides, key the message must name, words the message must contain: the allowed values)
 INVALID: list[tuple[dict[str, object], str, tuple[str, ...]]] = [
@@ -14,11 +14,11 @@ INVALID: list[tuple[dict[str, object], str, tuple[str, ...]]] = [
     ({"replicas": "three"}, "replicas", ("whole number", "1 to 200")),
     ({"replicas": 2.5}, "replicas", ("whole number",)),
     ({"replicas": 201}, "replicas", ("1 to 200",)),
-    ({"replicas": 3, "weights": [1, 2]}, "weights", ("one entry per replica", "3")),
     ({"replicas": 2, "weights": [1, 0]}, "weights", ("1 to 10",)),
     ({"replicas": 2, "weights": [1, -2]}, "weights", ("1 to 10",)),
     ({"replicas": 2, "weights": [1, 11]}, "weights", ("1 to 10",)),
     ({"replicas": 2, "weights": "heavy"}, "weights", ("list",)),
+    ({"replicas": 2, "weights": [1, 2, 0]}, "weights", ("1 to 10",)),  # an unused entry is still checked
     ({"gpuMode": "some"}, "gpuMode", ("none, all, count, devices",)),
     ({"gpuMode": "devices"}, "gpuDeviceIds", ("non-empty list",)),
     ({"gpuMode": "none", "gpuDeviceIds": ["0"]}, "gpuDeviceIds", ("only used when gpuMode is 'devices'",)),

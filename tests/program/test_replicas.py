@@ -7,8 +7,9 @@ import re
 import pytest
 
 from app import contract
+from app.server import probe
 from components.replicas import START_PERIOD_S, WAIT_TIMEOUT_S
-from mockrun import DeclaredStack, run_program
+from mockrun import CONTAINER_TYPE, DeclaredStack, run_program
 from tests.program.helpers import env_map
 
 
@@ -35,8 +36,9 @@ def test_replica_container(any_stack: DeclaredStack) -> None:
         assert env[contract.ENV_DEVICE] == contract.DEVICE_AUTO
         assert env[contract.ENV_SHUTDOWN_GRACE_S] == "30"
         assert env[contract.ENV_PREDICT_KERNELS] == "true"
-        probe = " ".join(inputs["healthcheck"]["tests"])
-        assert f"127.0.0.1:{contract.REPLICA_PORT}{contract.ROUTE_READY}" in probe
+        # The image's probe module, which finds the replica's port in the container's env.
+        assert inputs["healthcheck"]["tests"] == ["CMD", "python", "-m", contract.PROBE_MODULE]
+        assert probe.ready_url(env) == f"http://127.0.0.1:{contract.REPLICA_PORT}{contract.ROUTE_READY}"
         assert inputs["healthcheck"]["startPeriod"] == f"{START_PERIOD_S}s"
         assert inputs["restart"] == "unless-stopped"
         assert inputs["destroyGraceSeconds"] == 35 and inputs["stopTimeout"] == 35
@@ -124,21 +126,53 @@ def test_replicas_roll_one_at_a_time(any_stack: DeclaredStack) -> None:
         assert replica.inputs["healthcheck"]["tests"]
 
 
-def test_scaling_three_to_five_adds_two_containers_and_changes_nothing_else() -> None:
-    before = run_program("prod")
-    after = run_program("prod", {"replicas": 5, "weights": [3, 2, 1, 1, 2]})
+def assert_scaling_touches_only(before: DeclaredStack, after: DeclaredStack, added: set[str], removed: set[str]) -> None:
+    """Containers named in `added` appear, those in `removed` go, every other resource keeps its
+    inputs and options byte for byte (the balancer included)."""
     old, new = inputs_by_key(before), inputs_by_key(after)
-    assert len(before.replicas()) == 3 and len(after.replicas()) == 5
-    added = set(new) - set(old)
-    assert added == {("docker:index/container:Container", "replica-3"), ("docker:index/container:Container", "replica-4")}
-    assert not set(old) - set(new)
-    changed = [key for key in old if old[key] != new[key]]
+    assert {key[1] for key in set(new) - set(old)} == added
+    assert {key[1] for key in set(old) - set(new)} == removed
+    assert all(key[0] == CONTAINER_TYPE for key in set(new) ^ set(old))
+    changed = [key for key in set(old) & set(new) if old[key] != new[key]]
     assert changed == [], f"inputs changed: {changed}"
     # Options count too: protect, dependencies and parents of existing resources stay as they were.
     before_opts = {(r.type, r.name): (r.parent, r.protect, r.depends_on) for r in before.resources}
     after_opts = {(r.type, r.name): (r.parent, r.protect, r.depends_on) for r in after.resources}
-    assert all(before_opts[k] == after_opts[k] for k in before_opts)
-    assert "replica-2" in after.container("replica-3").depends_on
+    assert all(before_opts[k] == after_opts[k] for k in set(before_opts) & set(after_opts))
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_config_set_replicas_alone_scales_every_shipped_stack_up(stack: str) -> None:
+    """`pulumi config set replicas N`, nothing else: the new replicas get weight 1 where the
+    stack's weights list ends (prod's has three entries)."""
+    before = run_program(stack)
+    count = len(before.replicas())
+    after = run_program(stack, {"replicas": count + 2})
+    assert len(after.replicas()) == count + 2
+    assert_scaling_touches_only(before, after, {f"replica-{count}", f"replica-{count + 1}"}, set())
+    for name in (f"replica-{count}", f"replica-{count + 1}"):
+        assert after.container(name).inputs["networksAdvanced"][0]["aliases"] == [name, "replica-w1"]
+    assert f"replica-{count - 1}" in after.container(f"replica-{count}").depends_on
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_config_set_replicas_alone_scales_every_shipped_stack_down(stack: str) -> None:
+    before = run_program(stack)
+    count = len(before.replicas())
+    after = run_program(stack, {"replicas": count - 1})
+    assert len(after.replicas()) == count - 1
+    assert_scaling_touches_only(before, after, set(), {f"replica-{count - 1}"})
+
+
+def test_prod_scales_three_to_five_and_back_with_its_weights_kept() -> None:
+    """The weights past the count are kept in config: growing back restores them."""
+    prod = run_program("prod")
+    assert [r.inputs["networksAdvanced"][0]["aliases"][1] for r in prod.replicas()] == ["replica-w3", "replica-w2", "replica-w1"]
+    down = run_program("prod", {"replicas": 2})
+    assert_scaling_touches_only(prod, down, set(), {"replica-2"})
+    assert_scaling_touches_only(down, run_program("prod", {"replicas": 3}), {"replica-2"}, set())
+    explicit = run_program("prod", {"replicas": 5, "weights": [3, 2, 1, 1, 2]})
+    assert_scaling_touches_only(prod, explicit, {"replica-3", "replica-4"}, set())
 
 
 def test_changing_one_weight_touches_only_that_replica() -> None:

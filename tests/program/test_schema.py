@@ -1,4 +1,4 @@
-"""Pulumi.yaml's config schema, settings.DEFAULTS and the stack files agree."""
+"""Pulumi.yaml's config schema (the one place of types and defaults), the stack files and the README agree."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 import yaml
 
-from components import settings
 from mockrun import PROJECT_ROOT, read_stack_config
+from stackconfig import settings
 
 SCHEMA_TYPES = {"string": str, "integer": int, "boolean": bool, "array": list}
 
@@ -25,20 +25,13 @@ def test_project_runtime_is_python_with_venv_and_pip() -> None:
     assert doc["runtime"] == {"name": "python", "options": {"toolchain": "pip", "virtualenv": ".venv"}}
 
 
-def test_schema_declares_exactly_the_keys_of_settings() -> None:
-    assert set(project()["config"]) == set(settings.DEFAULTS)
-
-
 @pytest.mark.parametrize("key", sorted(settings.DEFAULTS))
-def test_schema_entry_matches_defaults(key: str) -> None:
+def test_schema_entry_is_well_formed(key: str) -> None:
     entry = project()["config"][key]
     assert entry["type"] in SCHEMA_TYPES, f"{key}: Pulumi knows only {sorted(SCHEMA_TYPES)}"
     assert len(entry.get("description", "")) > 20, f"{key} needs a description"
     default = settings.DEFAULTS[key]
-    if default is None:
-        assert "default" not in entry, f"{key} is optional in settings but has a default in Pulumi.yaml"
-    else:
-        assert entry.get("default") == default, f"{key}: Pulumi.yaml says {entry.get('default')!r}, settings {default!r}"
+    if default is not None:
         assert isinstance(default, SCHEMA_TYPES[entry["type"]]), f"{key}: default {default!r} is not a {entry['type']}"
     if entry["type"] == "array":
         assert entry["items"]["type"] in SCHEMA_TYPES

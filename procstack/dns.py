@@ -6,7 +6,7 @@ container hostnames and network aliases of the running local stack (for example 
 NXDOMAIN for everything else, as Docker's DNS does for names it does not know and for which
 it has no upstream (nothing outside loopback is reachable here anyway).
 
-It runs as its own process (`python -m localstack.dns <hosts.json>`), because the stack must
+It runs as its own process (`python -m procstack.dns <hosts.json>`), because the stack must
 outlive the `up` command. The runner changes the answers by atomically replacing the JSON
 file; the server re-reads it when its modification time changes, so scaling never restarts
 the server (or nginx).
@@ -116,5 +116,5 @@ def serve(hosts_file: Path, address: str = DNS_ADDRESS, port: int = DNS_PORT) ->
 if __name__ == "__main__":
     args = sys.argv[1:]
     if not args:
-        sys.exit("usage: python -m localstack.dns <hosts.json> [address] [port]")
+        sys.exit("usage: python -m procstack.dns <hosts.json> [address] [port]")
     serve(Path(args[0]), args[1] if len(args) > 1 else DNS_ADDRESS, int(args[2]) if len(args) > 2 else DNS_PORT)

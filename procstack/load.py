@@ -1,4 +1,4 @@
-"""`python -m localstack load`: headless Locust, bounded in users and run time."""
+"""`python -m procstack load`: headless Locust, bounded in users and run time."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Bring the declared stack up as local processes, change it as `pulumi up` would, take it down.
 
-State lives in a state directory (default `<repo>/.local-stack/<stack>/`, gitignored):
+State lives in a state directory (default `<repo>/.proc-stack/<stack>/`, gitignored):
 `state.json` (loopback address per container, running processes with the digest of the
 declared inputs they run, config overrides in effect), `logs/`, `run/` (sockets, nginx prefix)
 and `data/` (the volumes: MariaDB's datadir and the S3 recording). `down` keeps `data/` unless
@@ -35,11 +35,11 @@ from . import dns, procs, standins
 from . import translate as tr
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-STATE_ROOT = PROJECT_ROOT / ".local-stack"
+STATE_ROOT = PROJECT_ROOT / ".proc-stack"
 FIRST_HOST = 20  # 127.0.0.<20+k>; 127.0.0.11 is the DNS stand-in
 HOSTS_FILE = Path(os.environ.get("MLSERVE_HOSTS_FILE", "/etc/hosts"))
-HOSTS_BEGIN = "# BEGIN mlserve-localstack"
-HOSTS_END = "# END mlserve-localstack"
+HOSTS_BEGIN = "# BEGIN mlserve-procstack"
+HOSTS_END = "# END mlserve-procstack"
 DNS_NAME = "dns"
 
 # Readiness deadlines (seconds) on a small, busy machine; a slow start fails with the log tail.
@@ -126,7 +126,7 @@ class LocalStack:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise StackError(f"another localstack command is working on {self.paths.root}") from None
+                raise StackError(f"another procstack command is working on {self.paths.root}") from None
             self._load()
             yield
 
@@ -338,11 +338,11 @@ class LocalStack:
         if not procs.port_free(dns.DNS_ADDRESS, dns.DNS_PORT, udp=True):
             raise StackError(
                 f"{dns.DNS_ADDRESS}:{dns.DNS_PORT} is taken: another local stack runs (see {HOSTS_FILE}'s "
-                f"'{HOSTS_BEGIN}' line), or a DNS server binds it. Stop it first (python -m localstack down)."
+                f"'{HOSTS_BEGIN}' line), or a DNS server binds it. Stop it first (python -m procstack down)."
             )
         self.paths.run.mkdir(parents=True, exist_ok=True)
         self._publish_names(wanted, only_running=True)
-        argv = [sys.executable, "-m", "localstack.dns", str(self.paths.dns_table)]
+        argv = [sys.executable, "-m", "procstack.dns", str(self.paths.dns_table)]
         log_path = self._mklogs(self.paths.log(DNS_NAME))
         pid = procs.start(argv, {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(PROJECT_ROOT)}, PROJECT_ROOT, log_path)
         self.state["procs"][DNS_NAME] = {
@@ -461,7 +461,7 @@ def _nginx_binary() -> Path:
 def _dns_answers() -> bool:
     from dnslib import DNSRecord
 
-    DNSRecord.parse(DNSRecord.question("localstack-probe").send(dns.DNS_ADDRESS, dns.DNS_PORT, timeout=0.5))
+    DNSRecord.parse(DNSRecord.question("procstack-probe").send(dns.DNS_ADDRESS, dns.DNS_PORT, timeout=0.5))
     return True
 
 

@@ -1,4 +1,4 @@
-"""`python -m localstack report`: throughput and p99 latency at 1..N replicas, and nginx's cost.
+"""`python -m procstack report`: throughput and p99 latency at 1..N replicas, and nginx's cost.
 
 For each replica count n the running local stack is changed to n replicas (weight 1 each, the
 way `pulumi config set replicas n` + `pulumi up` would), then `wrk` sends single-row iris

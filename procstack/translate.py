@@ -28,7 +28,7 @@ nginx `listen <port>` lines (which would bind every interface). Hostnames are *n
 the runner owns a marked block in /etc/hosts naming every container hostname and alias, so
 `http://mlflow:5000` in a replica's env and `@mysql:3306` in MLflow's backend URI work unchanged,
 and the Host header MLflow checks (`--allowed-hosts`) is the deployed one. nginx does not use
-/etc/hosts for `resolve` upstreams: it asks the DNS stand-in on 127.0.0.11:53 (localstack.dns).
+/etc/hosts for `resolve` upstreams: it asks the DNS stand-in on 127.0.0.11:53 (procstack.dns).
 """
 
 from __future__ import annotations
@@ -43,8 +43,9 @@ from pathlib import Path
 from typing import Any
 
 from app import contract
-from components import settings as settings_mod
-from nginx.render import weight_alias
+from app.server import probe
+from stackconfig import settings as settings_mod
+from stackconfig.names import weight_alias
 
 MYSQL, S3, BUCKET, TRACKING, TRAINER, REPLICA, APP, BALANCER = (
     "mysql",
@@ -193,7 +194,12 @@ def app_env(service: Service, address: str) -> dict[str, str]:
 
 
 def readiness_url(service: Service, address: str) -> str | None:
-    """The declared healthcheck's URL, pointed at the container's loopback address."""
+    """The declared healthcheck's URL, pointed at the container's loopback address.
+
+    The replica's healthcheck runs the image's probe module, which finds the URL in the
+    replica's environment: asked with the environment the process runs with, it gives it."""
+    if contract.PROBE_MODULE in service.healthcheck:
+        return probe.ready_url(app_env(service, address))
     for test in service.healthcheck:
         match = _URL.search(test)
         if match:

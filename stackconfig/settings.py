@@ -14,17 +14,21 @@ import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
+
+from stackconfig.names import DEFAULT_GROUP
 
 # Limits of the config schema. Pulumi.yaml documents the same keys; a test
 # checks that both agree.
 MAX_REPLICAS = 200
 MAX_WEIGHT = 10
+# The weight of a replica that the `weights` list does not reach.
+DEFAULT_WEIGHT = 1
 MIN_MEMORY_MB = 512
 MIN_SHM_MB = 64
 GPU_MODES = ("none", "all", "count", "devices")
 BALANCER_ALGORITHMS = ("round_robin", "least_conn")
-DEFAULT_GROUP = "default"
 
 T = TypeVar("T")
 
@@ -122,50 +126,40 @@ class Settings:
     docker_host: str | None
     train_demo_model: bool
     protect_data: bool
+    # What the config means but the user may not expect (see `load`, which logs each one).
+    warnings: tuple[str, ...] = ()
 
     @property
     def default_group(self) -> ReplicaGroup:
         return self.groups[0]
 
 
-# Every key, its default (None: optional), and a one-line description. Pulumi.yaml's
-# config schema is checked against this table by the tests.
-DEFAULTS: dict[str, Any] = {
-    "replicas": 2,
-    "weights": None,  # default: 1 for every replica
-    "replicaCpus": "1",
-    "replicaMemoryMb": 2048,
-    "replicaShmMb": 256,
-    "gpuMode": "none",
-    "gpuCount": 1,
-    "gpuDeviceIds": None,
-    "modelName": "iris-classifier",
-    "modelAlias": "champion",
-    "pollIntervalSeconds": 10,
-    "maxBatchSize": 32,
-    "maxBatchWaitMs": 2,
-    "maxQueue": 256,
-    "maxBodyMb": 16,
-    "shutdownGraceSeconds": 30,
-    "predictKernels": True,
-    "balancerPort": 8080,
-    "balancerBindIp": "0.0.0.0",
-    "balancerAlgorithm": "round_robin",
-    "balancerMaxFails": 1,
-    "balancerFailTimeoutSeconds": 10,
-    "balancerConnectTimeoutSeconds": 2,
-    "balancerReadTimeoutSeconds": 60,
-    "mysqlImage": "mysql:8.4.3",
-    "minioImage": "minio/minio:RELEASE.2025-04-22T22-12-26Z",
-    "minioClientImage": "minio/mc:RELEASE.2025-04-16T18-13-26Z",
-    "nginxImage": "nginx:1.28.0",
-    "imageTag": "0.1.0",
-    "bucket": "mlflow",
-    "mlflowUiPort": None,
-    "dockerHost": None,
-    "trainDemoModel": True,
-    "protectData": False,
-}
+PROJECT_FILE = Path(__file__).resolve().parent.parent / "Pulumi.yaml"
+
+
+@dataclass(frozen=True)
+class KeySpec:
+    """One key of Pulumi.yaml's config schema: how its raw string is decoded, and its default."""
+
+    type: str | None  # "string", "integer", "boolean", "array"; None: structured (JSON)
+    default: Any  # None: optional
+    description: str
+
+
+def _read_schema(path: Path = PROJECT_FILE) -> dict[str, KeySpec]:
+    """Pulumi.yaml's `config` section: the one place where each key's type and default live."""
+    import yaml
+
+    doc = yaml.safe_load(path.read_text())
+    return {
+        key: KeySpec(type=entry.get("type"), default=entry.get("default"), description=entry.get("description", ""))
+        for key, entry in (doc.get("config") or {}).items()
+    }
+
+
+SCHEMA: dict[str, KeySpec] = _read_schema()
+# Every key and its default (None: optional), as Pulumi.yaml declares them.
+DEFAULTS: dict[str, Any] = {key: spec.default for key, spec in SCHEMA.items()}
 
 _IMAGE_RE = re.compile(r"^[a-z0-9][a-z0-9._/:-]*:[A-Za-z0-9_][A-Za-z0-9._-]*$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -174,14 +168,30 @@ _CPUS_RE = re.compile(r"^\d+(\.\d+)?$")
 _IPV4_RE = re.compile(r"^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$")
 
 
-def _decode(key: str, raw: str | None) -> Any:
-    """Pulumi hands every value over as a string; structured values are JSON."""
+_BOOLEANS = {"true": True, "false": False}
+
+
+def _decode(key: str, raw: Any) -> Any:
+    """A raw config value as its declared type in Pulumi.yaml.
+
+    The CLI hands every value over as a string: strings as they are, everything else as JSON.
+    Decoding by the declared type keeps a string a string (`imageTag: "1.10"` stays "1.10",
+    `modelName: "123"` stays "123"). A value that does not decode is returned as it is, so that
+    the key's check names the key and the value in its error.
+    """
+    spec = SCHEMA[key]
     if raw is None:
-        return DEFAULTS[key]
-    try:
+        return spec.default
+    if not isinstance(raw, str) or spec.type == "string":
+        return raw
+    if spec.type == "integer":
+        return raw  # _int parses it and names the key when it is no whole number
+    if spec.type == "boolean":
+        return _BOOLEANS.get(raw.strip().lower(), raw)
+    try:  # arrays and untyped (structured) keys are JSON
         return json.loads(raw)
     except ValueError:
-        return raw  # a plain string such as an image name
+        return raw
 
 
 def _int(key: str, value: Any, lo: int, hi: int) -> int:
@@ -228,16 +238,26 @@ def _ipv4(key: str, value: Any) -> str:
     return str(value)
 
 
-def _weights(value: Any, replicas: int) -> tuple[int, ...]:
+def _weights(value: Any, replicas: int, warnings: list[str]) -> tuple[int, ...]:
+    """One weight per replica. Replicas past the list get weight 1; entries past the count are
+    kept in config (unused until the count grows back) and a warning says so, so that
+    `pulumi config set replicas N` alone scales any stack up or down."""
     if value is None:
         return (1,) * replicas
     if not isinstance(value, list):
-        raise ConfigError("weights", f"must be a list of {replicas} whole numbers (one per replica), got {value!r}")
-    if len(value) != replicas:
-        raise ConfigError(
-            "weights", f"must have exactly one entry per replica ({replicas}, the value of 'replicas'), got {len(value)}"
+        raise ConfigError("weights", f"must be a list of whole numbers 1 to {MAX_WEIGHT} (one per replica), got {value!r}")
+    weights = tuple(_int("weights", w, 1, MAX_WEIGHT) for w in value)
+    if len(weights) > replicas:
+        warnings.append(
+            f"config key 'weights': {len(weights)} entries for {replicas} replicas; entries past the count "
+            f"({list(weights[replicas:])}) are unused until 'replicas' grows back"
         )
-    return tuple(_int("weights", w, 1, MAX_WEIGHT) for w in value)
+    elif len(weights) < replicas:
+        warnings.append(
+            f"config key 'weights': {len(weights)} entries for {replicas} replicas; "
+            f"replicas {len(weights)}..{replicas - 1} get weight {DEFAULT_WEIGHT}"
+        )
+    return weights[:replicas] + (DEFAULT_WEIGHT,) * (replicas - len(weights))
 
 
 def _gpu(get: Callable[[str], Any], replicas: int) -> GpuSettings:
@@ -262,7 +282,7 @@ def _gpu(get: Callable[[str], Any], replicas: int) -> GpuSettings:
     return GpuSettings(mode=mode, count=count, device_ids=device_ids)
 
 
-def parse(stack: str, raw: Mapping[str, str | None]) -> Settings:
+def parse(stack: str, raw: Mapping[str, Any]) -> Settings:
     """Validate raw config strings (as Pulumi hands them over) into Settings.
 
     Raises ConfigError naming the first offending key. Unknown keys are errors too,
@@ -275,8 +295,9 @@ def parse(stack: str, raw: Mapping[str, str | None]) -> Settings:
     def get(key: str) -> Any:
         return _decode(key, raw.get(key))
 
+    warnings: list[str] = []
     replicas = _int("replicas", get("replicas"), 1, MAX_REPLICAS)
-    weights = _weights(get("weights"), replicas)
+    weights = _weights(get("weights"), replicas, warnings)
     cpus = str(get("replicaCpus"))
     if not _CPUS_RE.match(cpus) or float(cpus) <= 0:
         raise ConfigError("replicaCpus", f"must be a positive number of CPUs such as 2 or 1.5, got {cpus!r}")
@@ -319,7 +340,7 @@ def parse(stack: str, raw: Mapping[str, str | None]) -> Settings:
         minio=_image("minioImage", get("minioImage")),
         minio_client=_image("minioClientImage", get("minioClientImage")),
         nginx=_image("nginxImage", get("nginxImage")),
-        app_tag=_matching("imageTag", str(get("imageTag")), re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$"), "a Docker tag"),
+        app_tag=_matching("imageTag", get("imageTag"), re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$"), "a Docker tag"),
     )
     if images.app_tag == "latest":
         raise ConfigError("imageTag", "must be a version, not 'latest'")
@@ -338,6 +359,7 @@ def parse(stack: str, raw: Mapping[str, str | None]) -> Settings:
         docker_host=docker_host,
         train_demo_model=_bool("trainDemoModel", get("trainDemoModel")),
         protect_data=_bool("protectData", get("protectData")),
+        warnings=tuple(warnings),
     )
 
 
@@ -372,4 +394,7 @@ def load() -> Settings:
             value = config.get(key)
             if value is not None:
                 raw[key] = value
-    return parse(pulumi.get_stack(), raw)
+    settings = parse(pulumi.get_stack(), raw)
+    for warning in settings.warnings:
+        pulumi.log.warn(warning)
+    return settings

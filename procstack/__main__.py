@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-import localstack
+import procstack
 
 
 def _overrides(pairs: list[str]) -> dict[str, Any]:
@@ -26,13 +26,13 @@ def _overrides(pairs: list[str]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m localstack", description=localstack.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m procstack", description=procstack.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = parser.add_subparsers(dest="cmd", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--stack", default="dev", help="Pulumi stack whose config is used (default dev)")
-        p.add_argument("--state-dir", type=Path, default=None, help="default: <repo>/.local-stack/<stack>")
+        p.add_argument("--state-dir", type=Path, default=None, help="default: <repo>/.proc-stack/<stack>")
 
     p_up = sub.add_parser("up", help="start the declared stack, or apply a changed config to the running one")
     common(p_up)
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
 
             url = args.url or ls.status().get("entry_url")
             if not url:
-                raise StackError("no running stack: run `python -m localstack up` first, or pass --url")
+                raise StackError("no running stack: run `python -m procstack up` first, or pass --url")
             return run_locust(url, args.users, args.spawn_rate, args.run_time)
         elif args.cmd == "report":
             from .report import report

@@ -1,11 +1,11 @@
 """The local stack: the stack the Pulumi program declares, run as real processes on loopback.
 
-    python -m localstack up [--stack dev] [--set replicas=5 --set 'weights=[1,1,3,1,1]'] [--reset]
-    python -m localstack status
-    python -m localstack promote                 # trainer by hand: new version, alias moved
-    python -m localstack load --users 8 --run-time 20s
-    python -m localstack report --max-replicas 4 --duration 10
-    python -m localstack down [--purge]
+    python -m procstack up [--stack dev] [--set replicas=5 --set 'weights=[1,1,3,1,1]'] [--reset]
+    python -m procstack status
+    python -m procstack promote                 # trainer by hand: new version, alias moved
+    python -m procstack load --users 8 --run-time 20s
+    python -m procstack report --max-replicas 4 --duration 10
+    python -m procstack down [--purge]
 
 `up` runs __main__.py under mocks (mockrun) and starts every declared container as a process
 (translate.py says how each image is stood in for); run again with changed config it adds,

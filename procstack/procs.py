@@ -1,6 +1,6 @@
 """Process supervision for the local stack: start detached, poll readiness, stop for sure.
 
-Processes are started in their own session (so the stack outlives `localstack up`, and a
+Processes are started in their own session (so the stack outlives `procstack up`, and a
 stop signals the whole process group: mlflow's gunicorn workers, nginx's workers). A pid
 alone is not trusted on stop: the command line recorded at start must still match, so a
 reused pid is never signalled. A process is identified by pid and kernel start time (command

@@ -1,7 +1,7 @@
 """Locust load for the local (or any loopback) stack: single-row iris requests to /invocations.
 
-    python -m localstack load --users 8 --run-time 20s          # headless, bounded
-    locust -f localstack/locustfile.py --host http://127.0.0.27:80   # web UI, by hand
+    python -m procstack load --users 8 --run-time 20s          # headless, bounded
+    locust -f procstack/locustfile.py --host http://127.0.0.27:80   # web UI, by hand
 
 Each answer's serving replica and model version are checked to be present, so a request that
 nginx answers itself (an error page) counts as a failure even with a 200.
@@ -12,7 +12,7 @@ from __future__ import annotations
 from locust import HttpUser, constant, task
 
 from app import contract
-from localstack.loadgen import iris_row_body
+from procstack.loadgen import iris_row_body
 
 
 class ScoringUser(HttpUser):

@@ -124,7 +124,7 @@ def mariadb_initialise(datadir: Path, rundir: Path, env: dict[str, str]) -> None
             cur.execute("FLUSH PRIVILEGES")
     finally:
         conn.close()
-    mark.write_text("initialised by localstack from the mysql container's MYSQL_* variables\n")
+    mark.write_text("initialised by procstack from the mysql container's MYSQL_* variables\n")
 
 
 # --- MinIO image -> moto's S3 server, persisted through its request recorder ---------------------
