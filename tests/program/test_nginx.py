@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 from app import contract
-from components.settings import MAX_WEIGHT, Settings, parse
 from nginx.render import (
     NEXT_UPSTREAM_CONDITIONS,
     RESOLVER_ADDRESS,
@@ -23,8 +22,9 @@ from nginx.render import (
     STATUS_ROUTE,
     render,
     render_status,
-    weight_alias,
 )
+from stackconfig.names import weight_alias
+from stackconfig.settings import MAX_WEIGHT, Settings, parse
 
 SCENARIO = Path(__file__).with_name("nginx_scenario.py")
 DEBIAN_NGINX = "/usr/sbin/nginx"
@@ -181,3 +181,27 @@ def test_nginx_serves_with_unresolved_aliases_weights_failover_and_new_replicas(
     assert result["after_kill_statuses"] == {"200": 50}
     # A replica added to DNS gets traffic without a reload, within the resolver's validity.
     assert result["new_replica_seen_after_s"] <= result["resolver_valid_s"] + 3
+
+    # The caller's X-Request-ID reaches the replica, comes back, and is the one nginx logs.
+    client = result["client_id"]
+    assert client["status"] == 200
+    assert client["headers"]["x-seen-request-id"] == "client-abc-123" == client["headers"]["x-request-id"]
+    # Without one, nginx makes one up, and the replica, the answer and the log share it.
+    generated = result["no_id"]["headers"]["x-request-id"]
+    assert len(generated) == 32 and result["no_id"]["headers"]["x-seen-request-id"] == generated
+    logged = {line["request_id"] for line in result["access_log"]}
+    assert {"client-abc-123", generated, "client-none-left"} <= logged
+
+    # nginx's own errors answer in the replicas' JSON shape, with Retry-After where a retry helps.
+    for case, status, code, retry in [
+        ("too_large", 413, "REQUEST_LIMIT_EXCEEDED", False),
+        ("hang", 504, "DEADLINE_EXCEEDED", True),
+        ("none_left", 502, "TEMPORARILY_UNAVAILABLE", True),
+    ]:
+        answer = result[case]
+        assert answer["status"] == status, (case, answer)
+        assert answer["headers"]["content-type"] == "application/json", (case, answer)
+        assert set(json.loads(answer["body"])) == {"error_code", "message"} and json.loads(answer["body"])["error_code"] == code
+        assert ("retry-after" in answer["headers"]) is retry, (case, answer["headers"])
+        assert answer["headers"]["x-request-id"], case
+    assert result["none_left"]["headers"]["x-request-id"] == "client-none-left"
