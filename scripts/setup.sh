@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # Idempotent set-up on a fresh Debian machine: system packages when missing, then the
 # project's virtualenv from the pinned requirements. Run first by run-local.sh and test.sh.
+# `--python-only` skips the Debian packages (the fast tests need none; no root needed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+python_only=0
+[ "${1:-}" = "--python-only" ] && python_only=1
 
 # Debian packages: the stand-ins of the local stack (MariaDB), the load generator (wrk),
 # Debian's nginx (only its stub_status module is used, to syntax-check the status snippet),
 # and Python's venv support.
 apt_packages=(mariadb-server wrk nginx-light)
+((python_only)) && apt_packages=()
 python3 -c "import ensurepip" 2>/dev/null || apt_packages+=(python3-venv python3-pip)
 missing=()
 for pkg in "${apt_packages[@]}"; do

@@ -1,9 +1,23 @@
 #!/usr/bin/env bash
 # The whole test suite: set-up, static checks, then every test (unit, real-process,
 # end-to-end on the local stack). `.ci/run` calls exactly this.
+#
+#   bash scripts/test.sh            everything (installs Debian packages when missing: root or sudo)
+#   bash scripts/test.sh --fast     static checks, unit and mock tests only: no root, no services
+#
+# Further arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+fast=0
+if [ "${1:-}" = "--fast" ]; then
+  fast=1
+  shift
+fi
+if ((fast)); then
+  bash scripts/setup.sh --python-only
+else
+  bash scripts/setup.sh
+fi
 export PATH="$PWD/.venv/bin:$PATH"
 
 echo "== ruff"
@@ -13,4 +27,8 @@ mypy
 echo "== workflow lint"
 bash scripts/lint_workflows.sh
 echo "== pytest"
+if ((fast)); then
+  # `live` tests start real servers, `e2e` ones the whole process stack (root).
+  exec python -m pytest -m "not live and not e2e" "$@"
+fi
 python -m pytest "$@"

@@ -26,7 +26,7 @@ from nginx.render import (
 from stackconfig.names import weight_alias
 from stackconfig.settings import MAX_WEIGHT, Settings, parse
 
-SCENARIO = Path(__file__).with_name("nginx_scenario.py")
+SCENARIO = Path(__file__).with_name("scenario.py")
 DEBIAN_NGINX = "/usr/sbin/nginx"
 # `resolve` on upstream servers outside the commercial build arrived in 1.27.3.
 MIN_NGINX = (1, 27, 3)

