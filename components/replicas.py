@@ -5,6 +5,9 @@ Naming
     Each replica joins the private network with the aliases `replica-<i>` and
     `replica-w<W>` (W = its weight); nginx resolves the weight aliases at run time, so the
     balancer never takes a replica output and never changes when replicas come and go.
+    Replicas of a named group (`groups`: canary, shadow) are `replica-<group>-<i>` with the
+    alias `replica-<group>-w<W>` (stackconfig/names.py); the default group keeps the names
+    above, so stacks made before groups keep every container.
 
 What happens when several replicas must be replaced (an image rebuild, a new imageTag,
 another modelAlias, new resource limits)
@@ -24,7 +27,8 @@ another modelAlias, new resource limits)
       (its inputs do not change): replica i+1 keeps serving while replica i is replaced.
     What this program does with that
     - replica-0 depends on the demo-model job (or the MLflow server), replica-i on
-      replica-(i-1); every replica has a healthcheck on /ready, `wait=True` and
+      replica-(i-1); each named group has its own chain from the same start, so groups
+      roll side by side and never wait for (or change) one another; every replica has a healthcheck on /ready, `wait=True` and
       `wait_timeout=WAIT_TIMEOUT_S`. An image change therefore replaces replica-0, waits
       until the new one is ready, then replica-1, and so on: at most one replica is down
       at any time, and nginx (max_fails, proxy_next_upstream) routes around it.
@@ -121,13 +125,14 @@ class ModelReplicas(pulumi.ComponentResource):
     ) -> None:
         super().__init__(type_token("ModelReplicas"), name, None, opts)
         self.containers = []
-        previous: list[pulumi.Resource] = list(after)
-        index = 0
+        stop_s = settings.serving.shutdown_grace_s + STOP_MARGIN_S
         for group in settings.groups:
             resources = group.resources
-            stop_s = settings.serving.shutdown_grace_s + STOP_MARGIN_S
-            for weight in group.weights:
-                resource = replica_resource(index)
+            # Each group rolls in its own chain from `after`: adding, resizing or removing a
+            # group changes no input or dependency of another group's replicas.
+            previous: list[pulumi.Resource] = list(after)
+            for index, weight in enumerate(group.weights):
+                resource = replica_resource(index, group.name)
                 instance = container_name(settings.stack, resource)
                 gpus, device_requests = gpu_args(resources.gpu, index)
                 container = service_container(
@@ -139,7 +144,7 @@ class ModelReplicas(pulumi.ComponentResource):
                     command=["python", "-m", contract.REPLICA_MODULE],
                     envs=replica_envs(settings, group, instance, tracking_url),
                     network=network,
-                    aliases=[resource, weight_alias(weight)],
+                    aliases=[resource, weight_alias(weight, group.name)],
                     cpus=resources.cpus,
                     memory_mb=resources.memory_mb,
                     shm_mb=resources.shm_mb,
@@ -158,6 +163,5 @@ class ModelReplicas(pulumi.ComponentResource):
                 )
                 self.containers.append(container)
                 previous = [container]
-                index += 1
         self.names = [c.name for c in self.containers]
         self.register_outputs({"names": self.names})

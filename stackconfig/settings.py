@@ -4,8 +4,9 @@ This is the only module that reads `pulumi.Config`. Everything downstream
 (components, the nginx renderer, the local stack runner) takes a `Settings`.
 Settings are target-independent: they describe the serving stack, not Docker.
 
-Today's replicas form the default group; canary and shadow groups will be more
-`ReplicaGroup`s, so the renderer and the components already iterate over groups.
+The replicas of `replicas`/`weights` form the default group (role "primary"); the `groups`
+key adds named canary and shadow groups, each a `ReplicaGroup` serving another alias of the
+same registered model. Consumers iterate over `Settings.groups`, default group first.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -29,6 +30,26 @@ MIN_MEMORY_MB = 512
 MIN_SHM_MB = 64
 GPU_MODES = ("none", "all", "count", "devices")
 BALANCER_ALGORITHMS = ("round_robin", "least_conn")
+
+# Roles of replica groups. The default group is the primary: it answers every request no
+# canary takes. A canary answers a fixed share of requests; a shadow answers none (nginx
+# mirrors a share of requests to it and drops its answers).
+GROUP_PRIMARY = "primary"
+GROUP_CANARY = "canary"
+GROUP_SHADOW = "shadow"
+GROUP_ROLES = (GROUP_CANARY, GROUP_SHADOW)  # the roles a named group may take
+# Shares are percentages with at most two decimals: nginx's split_clients works in 0.01 %.
+SHARE_DECIMALS = 2
+# Fields of one entry of `groups`. The resource and GPU fields default to the top-level keys.
+GROUP_RESOURCE_FIELDS = ("replicaCpus", "replicaMemoryMb", "replicaShmMb", "gpuMode", "gpuCount", "gpuDeviceIds")
+GROUP_FIELDS = ("name", "role", "alias", "replicas", "weights", "trafficPercent", "mirrorPercent", "stickyHeader",
+                *GROUP_RESOURCE_FIELDS)
+# Lowercase letters and digits, starting with a letter: the generated names
+# (`replica-<group>-<i>`, `replica-<group>-w<W>`, `replicas_<group>`) can then never equal a
+# name of another group or of the default group (`replica-<i>`, `replica-w<W>`), and they are
+# valid Docker, DNS (Kubernetes) and nginx names.
+_GROUP_NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,19}$")
+_HEADER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,63}$")
 
 T = TypeVar("T")
 
@@ -79,6 +100,15 @@ class ReplicaGroup:
     weights: tuple[int, ...]  # one per replica, 1..MAX_WEIGHT
     resources: Resources
     model: ModelRef
+    role: str = GROUP_PRIMARY  # GROUP_PRIMARY (the default group only), GROUP_CANARY or GROUP_SHADOW
+    # Share of requests this group answers, in percent: a canary's trafficPercent; for the
+    # primary, what the canaries leave; 0 for a shadow.
+    traffic_percent: float = 100.0
+    # Share of requests mirrored to a shadow, in percent (0 for the other roles).
+    mirror_percent: float = 0.0
+    # A canary's request header whose value picks the group: the same value, the same group.
+    # None: every request is drawn on its own.
+    sticky_header: str | None = None
 
 
 @dataclass(frozen=True)
@@ -133,6 +163,9 @@ class Settings:
     def default_group(self) -> ReplicaGroup:
         return self.groups[0]
 
+    def groups_of_role(self, role: str) -> tuple[ReplicaGroup, ...]:
+        return tuple(g for g in self.groups if g.role == role)
+
 
 PROJECT_FILE = Path(__file__).resolve().parent.parent / "Pulumi.yaml"
 
@@ -141,7 +174,7 @@ PROJECT_FILE = Path(__file__).resolve().parent.parent / "Pulumi.yaml"
 class KeySpec:
     """One key of Pulumi.yaml's config schema: how its raw string is decoded, and its default."""
 
-    type: str | None  # "string", "integer", "boolean", "array"; None: structured (JSON)
+    type: str | None  # "string", "integer", "boolean", "array"; None: structured (see STRUCTURED_KEYS)
     default: Any  # None: optional
     description: str
 
@@ -160,6 +193,11 @@ def _read_schema(path: Path = PROJECT_FILE) -> dict[str, KeySpec]:
 SCHEMA: dict[str, KeySpec] = _read_schema()
 # Every key and its default (None: optional), as Pulumi.yaml declares them.
 DEFAULTS: dict[str, Any] = {key: spec.default for key, spec in SCHEMA.items()}
+# Keys that Pulumi.yaml declares without a `type`: Pulumi's project config schema has no object
+# type (pulumi/pulumi#11321), and a typed key cannot hold a list of objects. The CLI hands such
+# a value over as JSON; the parser decodes it and checks every field, naming its path
+# (`groups[0].trafficPercent`). The Python type each must decode to:
+STRUCTURED_KEYS: dict[str, type] = {"groups": list}
 
 _IMAGE_RE = re.compile(r"^[a-z0-9][a-z0-9._/:-]*:[A-Za-z0-9_][A-Za-z0-9._-]*$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -260,26 +298,175 @@ def _weights(value: Any, replicas: int, warnings: list[str]) -> tuple[int, ...]:
     return weights[:replicas] + (DEFAULT_WEIGHT,) * (replicas - len(weights))
 
 
-def _gpu(get: Callable[[str], Any], replicas: int) -> GpuSettings:
-    mode = _choice("gpuMode", get("gpuMode"), GPU_MODES)
-    count = _int("gpuCount", get("gpuCount"), 1, 16)
+def _gpu(get: Callable[[str], Any], key: Callable[[str], str] = str) -> GpuSettings:
+    """GPU settings from the gpu* keys; `key` turns a key into the name errors use."""
+    mode = _choice(key("gpuMode"), get("gpuMode"), GPU_MODES)
+    count = _int(key("gpuCount"), get("gpuCount"), 1, 16)
     raw_ids = get("gpuDeviceIds")
     device_ids: tuple[str, ...] = ()
     if mode == "devices":
         if not isinstance(raw_ids, list) or not raw_ids:
-            raise ConfigError("gpuDeviceIds", f"must be a non-empty list of GPU ids when gpuMode is 'devices', got {raw_ids!r}")
+            raise ConfigError(key("gpuDeviceIds"), f"must be a non-empty list of GPU ids when gpuMode is 'devices', got {raw_ids!r}")
         ids = [str(d) for d in raw_ids]
         for device in ids:
             if not re.match(r"^[A-Za-z0-9-]+$", device):
-                raise ConfigError("gpuDeviceIds", f"entries must be GPU indexes or UUIDs, got {device!r}")
+                raise ConfigError(key("gpuDeviceIds"), f"entries must be GPU indexes or UUIDs, got {device!r}")
         if len(set(ids)) != len(ids):
-            raise ConfigError("gpuDeviceIds", f"must not repeat an id, got {ids}")
+            raise ConfigError(key("gpuDeviceIds"), f"must not repeat an id, got {ids}")
         if count > len(ids):
-            raise ConfigError("gpuCount", f"must be at most the number of gpuDeviceIds ({len(ids)}), got {count}")
+            raise ConfigError(key("gpuCount"), f"must be at most the number of gpuDeviceIds ({len(ids)}), got {count}")
         device_ids = tuple(ids)
     elif raw_ids is not None:
-        raise ConfigError("gpuDeviceIds", f"is only used when gpuMode is 'devices' (gpuMode is {mode!r})")
+        raise ConfigError(key("gpuDeviceIds"), f"is only used when gpuMode is 'devices' (gpuMode is {mode!r})")
     return GpuSettings(mode=mode, count=count, device_ids=device_ids)
+
+
+def _resources(get: Callable[[str], Any], key: Callable[[str], str] = str) -> Resources:
+    cpus = str(get("replicaCpus"))
+    if not _CPUS_RE.match(cpus) or float(cpus) <= 0:
+        raise ConfigError(key("replicaCpus"), f"must be a positive number of CPUs such as 2 or 1.5, got {cpus!r}")
+    return Resources(
+        cpus=cpus,
+        memory_mb=_int(key("replicaMemoryMb"), get("replicaMemoryMb"), MIN_MEMORY_MB, 1024 * 1024),
+        shm_mb=_int(key("replicaShmMb"), get("replicaShmMb"), MIN_SHM_MB, 1024 * 1024),
+        gpu=_gpu(get, key),
+    )
+
+
+def _alias(key: str, value: Any) -> str:
+    alias = _matching(key, value, _NAME_RE, "a model alias (letters, digits, . _ -)")
+    if alias.lower().startswith("v") and alias[1:].isdigit():
+        raise ConfigError(key, f"must not look like a version (MLflow reserves v<number>), got {alias!r}")
+    return alias
+
+
+def _percent(key: str, value: Any) -> float:
+    """A share in percent, 0-100, with at most SHARE_DECIMALS decimals. Numbers or numeric strings
+    (`pulumi config set --path` stores a decimal as a string)."""
+    what = f"a percentage from 0 to 100 with at most {SHARE_DECIMALS} decimals"
+    number: float | None = None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+    if number is None or number != number:  # not a number, or NaN
+        raise ConfigError(key, f"must be {what}, got {value!r}")
+    if not 0 <= number <= 100:
+        raise ConfigError(key, f"must be {what}, got {value!r}")
+    scaled = number * 10**SHARE_DECIMALS
+    if abs(scaled - round(scaled)) > 1e-6:
+        raise ConfigError(key, f"must be {what}, got {value!r}")
+    return round(number, SHARE_DECIMALS)
+
+
+def _group(index: int, entry: Any, top: Callable[[str], Any], model_name: str) -> ReplicaGroup:
+    """One entry of `groups`. Errors name the field's path, e.g. groups[1].trafficPercent."""
+    path = f"groups[{index}]"
+
+    def key(field: str) -> str:
+        return f"{path}.{field}"
+
+    if not isinstance(entry, dict):
+        raise ConfigError(path, f"must be an object with the fields {', '.join(GROUP_FIELDS)}; got {entry!r}")
+    unknown = sorted(str(k) for k in entry if k not in GROUP_FIELDS)
+    if unknown:
+        raise ConfigError(key(unknown[0]), f"is not a field of a group; the fields are {', '.join(GROUP_FIELDS)}")
+    name = entry.get("name")
+    if not isinstance(name, str) or not _GROUP_NAME_RE.match(name) or name == DEFAULT_GROUP or re.fullmatch(r"w\d+", name):
+        raise ConfigError(
+            key("name"),
+            "must be 1-20 lowercase letters and digits starting with a letter, neither "
+            f"'{DEFAULT_GROUP}' nor w<number> (names of the default group's replicas), got {name!r}",
+        )
+    role = entry.get("role")
+    if role not in GROUP_ROLES:
+        raise ConfigError(key("role"), f"must be one of {', '.join(GROUP_ROLES)}; got {role!r}")
+    if entry.get("alias") is None:
+        raise ConfigError(key("alias"), f"is required: the alias of model {model_name!r} that the {role} group serves")
+    alias = _alias(key("alias"), entry["alias"])
+    count = _int(key("replicas"), entry.get("replicas", 1), 1, MAX_REPLICAS)
+    raw_weights = entry.get("weights")
+    if raw_weights is None:
+        weights = (DEFAULT_WEIGHT,) * count
+    elif not isinstance(raw_weights, list) or len(raw_weights) != count:
+        raise ConfigError(key("weights"), f"must be a list of {count} whole numbers 1 to {MAX_WEIGHT} (one per replica of the group), got {raw_weights!r}")
+    else:
+        weights = tuple(_int(key("weights"), w, 1, MAX_WEIGHT) for w in raw_weights)
+
+    def get(field: str) -> Any:
+        if field in entry:
+            return entry[field]
+        if field == "gpuDeviceIds" and "gpuMode" in entry and entry["gpuMode"] != "devices":
+            return None  # the group's own mode takes no ids; the top-level ids are not its
+        return top(field)
+
+    traffic = mirror = 0.0
+    sticky = None
+    if role == GROUP_CANARY:
+        if "mirrorPercent" in entry:
+            raise ConfigError(key("mirrorPercent"), "is for shadow groups; a canary takes trafficPercent")
+        if "trafficPercent" not in entry:
+            raise ConfigError(key("trafficPercent"), "is required for a canary: its share of requests in percent (0 stops it)")
+        traffic = _percent(key("trafficPercent"), entry["trafficPercent"])
+        if entry.get("stickyHeader") is not None:
+            sticky = _matching(key("stickyHeader"), entry["stickyHeader"], _HEADER_RE, "an HTTP header name (letters, digits, -)")
+    else:
+        for field in ("trafficPercent", "stickyHeader"):
+            if field in entry:
+                raise ConfigError(key(field), "is for canary groups; a shadow answers no client and takes mirrorPercent")
+        if "mirrorPercent" not in entry:
+            raise ConfigError(key("mirrorPercent"), "is required for a shadow: the share of requests mirrored to it in percent (0 stops it)")
+        mirror = _percent(key("mirrorPercent"), entry["mirrorPercent"])
+    return ReplicaGroup(
+        name=name,
+        count=count,
+        weights=weights,
+        resources=_resources(get, key),
+        model=ModelRef(name=model_name, alias=alias),
+        role=role,
+        traffic_percent=traffic,
+        mirror_percent=mirror,
+        sticky_header=sticky,
+    )
+
+
+def _groups(value: Any, top: Callable[[str], Any], primary: ReplicaGroup, warnings: list[str]) -> tuple[ReplicaGroup, ...]:
+    """The default group, then the named groups of `groups` in config order."""
+    if value is None:
+        return (primary,)
+    if not isinstance(value, list):
+        raise ConfigError("groups", f"must be a list of groups (objects with the fields {', '.join(GROUP_FIELDS)}), got {value!r}")
+    named: list[ReplicaGroup] = []
+    seen: dict[str, int] = {}
+    canary_total = 0.0
+    sticky: tuple[int, str] | None = None
+    for index, entry in enumerate(value):
+        group = _group(index, entry, top, primary.model.name)
+        if group.name in seen:
+            raise ConfigError(f"groups[{index}].name", f"{group.name!r} is already the name of groups[{seen[group.name]}]")
+        seen[group.name] = index
+        if group.role == GROUP_CANARY:
+            canary_total = round(canary_total + group.traffic_percent, SHARE_DECIMALS)
+            if canary_total > 100:
+                raise ConfigError(f"groups[{index}].trafficPercent", f"the canaries' shares add up to {canary_total:g} %, more than 100")
+            if group.sticky_header is not None:
+                # One draw decides between the primary and every canary, so one header keys it.
+                if sticky is not None and sticky[1].lower() != group.sticky_header.lower():
+                    raise ConfigError(
+                        f"groups[{index}].stickyHeader",
+                        f"must be the same as groups[{sticky[0]}].stickyHeader ({sticky[1]!r}): one draw picks among all canaries",
+                    )
+                sticky = (index, group.sticky_header)
+        if group.model.alias == primary.model.alias:
+            warnings.append(f"config key 'groups[{index}].alias': {group.name} serves {group.model.alias!r}, the default group's alias too")
+        named.append(group)
+    if sticky is not None:
+        # Every canary draws with the one header, also those that left it out.
+        named = [replace(g, sticky_header=sticky[1]) if g.role == GROUP_CANARY else g for g in named]
+    return (replace(primary, traffic_percent=round(100 - canary_total, SHARE_DECIMALS)), *named)
 
 
 def parse(stack: str, raw: Mapping[str, Any]) -> Settings:
@@ -298,22 +485,13 @@ def parse(stack: str, raw: Mapping[str, Any]) -> Settings:
     warnings: list[str] = []
     replicas = _int("replicas", get("replicas"), 1, MAX_REPLICAS)
     weights = _weights(get("weights"), replicas, warnings)
-    cpus = str(get("replicaCpus"))
-    if not _CPUS_RE.match(cpus) or float(cpus) <= 0:
-        raise ConfigError("replicaCpus", f"must be a positive number of CPUs such as 2 or 1.5, got {cpus!r}")
-    resources = Resources(
-        cpus=cpus,
-        memory_mb=_int("replicaMemoryMb", get("replicaMemoryMb"), MIN_MEMORY_MB, 1024 * 1024),
-        shm_mb=_int("replicaShmMb", get("replicaShmMb"), MIN_SHM_MB, 1024 * 1024),
-        gpu=_gpu(get, replicas),
-    )
+    resources = _resources(get)
     model = ModelRef(
         name=_matching("modelName", get("modelName"), _NAME_RE, "a registered model name (letters, digits, . _ -)"),
-        alias=_matching("modelAlias", get("modelAlias"), _NAME_RE, "a model alias (letters, digits, . _ -)"),
+        alias=_alias("modelAlias", get("modelAlias")),
     )
-    if model.alias.lower().startswith("v") and model.alias[1:].isdigit():
-        raise ConfigError("modelAlias", f"must not look like a version (MLflow reserves v<number>), got {model.alias!r}")
-    group = ReplicaGroup(name=DEFAULT_GROUP, count=replicas, weights=weights, resources=resources, model=model)
+    primary = ReplicaGroup(name=DEFAULT_GROUP, count=replicas, weights=weights, resources=resources, model=model)
+    groups = _groups(get("groups"), get, primary, warnings)
 
     serving = ServingSettings(
         # Whole numbers: Pulumi's project config schema has no float type (string, integer,
@@ -350,7 +528,7 @@ def parse(stack: str, raw: Mapping[str, Any]) -> Settings:
         raise ConfigError("dockerHost", f"must be a Docker host URL such as ssh://user@gpu-box, got {docker_host!r}")
     return Settings(
         stack=stack,
-        groups=(group,),
+        groups=groups,
         serving=serving,
         balancer=balancer,
         images=images,

@@ -25,16 +25,34 @@ def test_project_runtime_is_python_with_venv_and_pip() -> None:
     assert doc["runtime"] == {"name": "python", "options": {"toolchain": "pip", "virtualenv": ".venv"}}
 
 
+def python_type(key: str) -> type:
+    """What a key's value decodes to: its schema type, or for a structured key (declared without
+    a type, pulumi/pulumi#11321) the type settings.STRUCTURED_KEYS documents."""
+    entry = project()["config"][key]
+    return settings.STRUCTURED_KEYS[key] if "type" not in entry else SCHEMA_TYPES[entry["type"]]
+
+
 @pytest.mark.parametrize("key", sorted(settings.DEFAULTS))
 def test_schema_entry_is_well_formed(key: str) -> None:
     entry = project()["config"][key]
-    assert entry["type"] in SCHEMA_TYPES, f"{key}: Pulumi knows only {sorted(SCHEMA_TYPES)}"
+    if "type" in entry:
+        assert entry["type"] in SCHEMA_TYPES, f"{key}: Pulumi knows only {sorted(SCHEMA_TYPES)}"
+        assert key not in settings.STRUCTURED_KEYS, f"{key} has a type but is listed as structured"
+    else:
+        # Only keys documented as structured may go without a type.
+        assert key in settings.STRUCTURED_KEYS, f"{key} has no type and is not in settings.STRUCTURED_KEYS"
+        assert entry["description"].startswith("Structured"), f"{key}: say in its description that it is structured"
     assert len(entry.get("description", "")) > 20, f"{key} needs a description"
     default = settings.DEFAULTS[key]
     if default is not None:
-        assert isinstance(default, SCHEMA_TYPES[entry["type"]]), f"{key}: default {default!r} is not a {entry['type']}"
-    if entry["type"] == "array":
+        assert isinstance(default, python_type(key)), f"{key}: default {default!r} is not a {python_type(key)}"
+    if entry.get("type") == "array":
         assert entry["items"]["type"] in SCHEMA_TYPES
+
+
+def test_structured_keys_are_declared_without_a_type() -> None:
+    for key in settings.STRUCTURED_KEYS:
+        assert key in project()["config"] and "type" not in project()["config"][key], key
 
 
 def test_schema_defaults_parse_to_the_same_settings_as_no_config() -> None:
@@ -54,7 +72,7 @@ def test_stack_files_use_known_keys_with_schema_types(stack: str) -> None:
     schema = project()["config"]
     for key, value in values.items():
         assert key in schema, f"Pulumi.{stack}.yaml sets unknown key {key}"
-        assert isinstance(value, SCHEMA_TYPES[schema[key]["type"]]), f"Pulumi.{stack}.yaml: {key}={value!r}"
+        assert isinstance(value, python_type(key)), f"Pulumi.{stack}.yaml: {key}={value!r}"
 
 
 def test_config_reference_lists_every_key_with_its_default() -> None:
