@@ -57,6 +57,11 @@ class Answer:
     content_type: str = "application/json"
 
 
+def error_body(code: str, message: str) -> bytes:
+    """An error in MLflow's shape (`{"error_code": ..., "message": ...}`)."""
+    return orjson.dumps({"error_code": code, "message": message})
+
+
 @dataclass
 class FastSpec:
     columns: tuple[str, ...]

@@ -1,9 +1,8 @@
-"""Prediction kernels: the same answers as the estimator, or no kernel at all."""
+"""app/server/kernels.py: the same answers as the estimator, or no kernel at all."""
 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,7 +27,6 @@ from sklearn.svm import LinearSVC, LinearSVR
 from sklearn.tree import DecisionTreeClassifier
 
 from app.server import kernels
-from app.server import model as model_mod
 
 IRIS_X, IRIS_Y = load_iris(return_X_y=True)
 DIAB_X, DIAB_Y = load_diabetes(return_X_y=True)
@@ -135,83 +133,3 @@ def test_the_load_time_check_can_fail(caplog: pytest.LogCaptureFixture) -> None:
     assert sum("refused" in r.getMessage() for r in caplog.records) == 3
     # Nothing compared (the estimator refused every batch) proves nothing: no kernel.
     assert not kernels.verified(est.predict, failing, batches)
-
-
-# -- the model loader attaches a kernel only where it agrees ----------------------------------
-
-
-def _saved(tmp_path: Path, est: Any, x: np.ndarray = IRIS_X, **kwargs: Any) -> model_mod.LoadedModel:
-    import mlflow.pyfunc
-    import mlflow.sklearn
-    import pandas as pd
-    from mlflow.models import infer_signature
-
-    frame = pd.DataFrame(x, columns=[f"c{i}" for i in range(x.shape[1])])
-    path = tmp_path / "model"
-    mlflow.sklearn.save_model(est, str(path), signature=infer_signature(frame, est.predict(frame.to_numpy())),
-                              input_example=frame.head(5), **kwargs)
-    pyfunc = mlflow.pyfunc.load_model(str(path))
-    return model_mod.LoadedModel(name="m", version="1", alias="a", uri="models:/m/1", device="cpu",
-                                 flavor="sklearn", pyfunc=pyfunc, input_schema=pyfunc.metadata.get_input_schema(),
-                                 fast=model_mod._fast_spec(pyfunc))
-
-
-def test_loader_attaches_the_kernel_and_serves_the_same_answers(tmp_path: Path) -> None:
-    est = CLASSIFIERS["logistic-multiclass"]()
-    model = _saved(tmp_path, est)
-    assert model.fast is not None and model.fast.kernel is None
-    model_mod.attach_kernel(model)
-    assert model.fast.kernel is not None and model.fast.kernel_name == kernels.LINEAR_CLASSIFIER
-    rows = IRIS_X[::7]
-    assert np.array_equal(model.predict_fast(rows), model.predict_estimator(rows))
-    assert np.array_equal(model.predict_fast(rows), est.predict(rows))
-
-
-def test_loader_keeps_the_estimator_for_a_custom_predict_fn(tmp_path: Path) -> None:
-    model = _saved(tmp_path, CLASSIFIERS["logistic-multiclass"](), pyfunc_predict_fn="predict_proba")
-    assert model.fast is not None
-    model_mod.attach_kernel(model)
-    assert model.fast.kernel is None
-
-
-def test_loader_keeps_the_estimator_when_the_kernel_disagrees(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    est = CLASSIFIERS["logistic-multiclass"]()
-    model = _saved(tmp_path, est)
-    monkeypatch.setattr(kernels, "linear_kernel",
-                        lambda e: (kernels.LINEAR_CLASSIFIER, lambda x: np.zeros(len(x), dtype=np.int64)))
-    model_mod.attach_kernel(model)
-    assert model.fast is not None and model.fast.kernel is None and model.fast.kernel_name is None
-    rows = IRIS_X[::7]
-    assert np.array_equal(model.predict_fast(rows), est.predict(rows))
-
-
-@pytest.mark.parametrize(("case", "fit_on_frame", "kernels_on"), [
-    ("linear-regression", False, True), ("linear-regression", False, False), ("linear-regression", True, True),
-    ("logistic-multiclass", False, True), ("logistic-multiclass", True, True), ("logistic-multiclass", True, False),
-])
-def test_a_request_scored_alone_gets_exactly_mlflows_floats(tmp_path: Path, case: str, fit_on_frame: bool,
-                                                            kernels_on: bool) -> None:
-    """Bit for bit what pyfunc (so `mlflow models serve`) computes for the same request, float
-    regressors included, on both fast-path predictors. (Merged into a micro-batch with other
-    requests, floats may differ in the last bit: BLAS sums a bigger matrix in another order.)"""
-    import pandas as pd
-
-    x, y = (DIAB_X, DIAB_Y) if case.startswith("linear") else (IRIS_X, IRIS_Y)
-    cols = [f"c{i}" for i in range(x.shape[1])]
-    est = (LinearRegression() if case.startswith("linear") else LogisticRegression(max_iter=500))
-    est.fit(pd.DataFrame(x, columns=cols) if fit_on_frame else x, y)
-    model = _saved(tmp_path, est, x)
-    assert model.fast is not None
-    if kernels_on:
-        model_mod.attach_kernel(model)
-        assert model.fast.kernel is not None
-    rng = np.random.default_rng(7)
-    compared = 0
-    for n in (1, 3, 16):
-        for _ in range(15):
-            rows = (x[rng.integers(0, len(x), n)] * rng.normal(1, 0.3, (n, x.shape[1]))).tolist()
-            expected = np.asarray(model.pyfunc.predict(pd.DataFrame(rows, columns=cols)))
-            got = model.predict_fast(model.rows_array(rows))
-            assert got.dtype == expected.dtype and np.array_equal(got, expected), (n, rows)
-            compared += n
-    assert compared == 15 * (1 + 3 + 16)

@@ -1,0 +1,1 @@
+"""One test module per module of app/server."""

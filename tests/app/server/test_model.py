@@ -1,0 +1,135 @@
+"""app/server/model.py: device choice, the fast path's parsing and prediction, the loader's kernel
+check, and the reference path's answers."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_diabetes, load_iris
+from sklearn.linear_model import LinearRegression, LogisticRegression
+
+from app import contract
+from app.server import kernels
+from app.server import model as model_mod
+from app.server.model import resolve_device
+
+from .helpers import ROOT
+
+IRIS_X, IRIS_Y = load_iris(return_X_y=True)
+DIAB_X, DIAB_Y = load_diabetes(return_X_y=True)
+
+
+def _logistic() -> LogisticRegression:
+    return LogisticRegression(max_iter=500).fit(IRIS_X, IRIS_Y)
+
+
+# -- device -------------------------------------------------------------------------------
+
+def _never() -> bool:
+    raise AssertionError("torch must not be consulted for this model")
+
+
+def test_device_cpu_for_non_torch_flavours_without_touching_torch() -> None:
+    for requested in (contract.DEVICE_AUTO, contract.DEVICE_CPU, contract.DEVICE_CUDA):
+        assert resolve_device(requested, ["python_function", "sklearn"], _never) == contract.DEVICE_CPU
+
+
+def test_device_for_pytorch_models() -> None:
+    flavors = ["python_function", "pytorch"]
+    assert resolve_device(contract.DEVICE_AUTO, flavors, lambda: True) == contract.DEVICE_CUDA
+    assert resolve_device(contract.DEVICE_AUTO, flavors, lambda: False) == contract.DEVICE_CPU
+    assert resolve_device(contract.DEVICE_CPU, flavors, _never) == contract.DEVICE_CPU
+    assert resolve_device(contract.DEVICE_CUDA, flavors, lambda: True) == contract.DEVICE_CUDA
+    with pytest.raises(RuntimeError, match=contract.ENV_DEVICE):
+        resolve_device(contract.DEVICE_CUDA, flavors, lambda: False)
+
+
+def test_server_never_imports_torch() -> None:
+    code = ("import sys, app.server.__main__, app.server.asgi, app.server.batcher, app.server.model, app.server.manager;"
+            "sys.exit(1 if 'torch' in sys.modules else 0)")
+    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, timeout=120).returncode == 0
+
+
+# -- the model loader attaches a kernel only where it agrees ----------------------------------
+
+
+def _saved(tmp_path: Path, est: Any, x: np.ndarray = IRIS_X, **kwargs: Any) -> model_mod.LoadedModel:
+    import mlflow.pyfunc
+    import mlflow.sklearn
+    import pandas as pd
+    from mlflow.models import infer_signature
+
+    frame = pd.DataFrame(x, columns=[f"c{i}" for i in range(x.shape[1])])
+    path = tmp_path / "model"
+    mlflow.sklearn.save_model(est, str(path), signature=infer_signature(frame, est.predict(frame.to_numpy())),
+                              input_example=frame.head(5), **kwargs)
+    pyfunc = mlflow.pyfunc.load_model(str(path))
+    return model_mod.LoadedModel(name="m", version="1", alias="a", uri="models:/m/1", device="cpu",
+                                 flavor="sklearn", pyfunc=pyfunc, input_schema=pyfunc.metadata.get_input_schema(),
+                                 fast=model_mod._fast_spec(pyfunc))
+
+
+def test_loader_attaches_the_kernel_and_serves_the_same_answers(tmp_path: Path) -> None:
+    est = _logistic()
+    model = _saved(tmp_path, est)
+    assert model.fast is not None and model.fast.kernel is None
+    model_mod.attach_kernel(model)
+    assert model.fast.kernel is not None and model.fast.kernel_name == kernels.LINEAR_CLASSIFIER
+    rows = IRIS_X[::7]
+    assert np.array_equal(model.predict_fast(rows), model.predict_estimator(rows))
+    assert np.array_equal(model.predict_fast(rows), est.predict(rows))
+
+
+def test_loader_keeps_the_estimator_for_a_custom_predict_fn(tmp_path: Path) -> None:
+    model = _saved(tmp_path, _logistic(), pyfunc_predict_fn="predict_proba")
+    assert model.fast is not None
+    model_mod.attach_kernel(model)
+    assert model.fast.kernel is None
+
+
+def test_loader_keeps_the_estimator_when_the_kernel_disagrees(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    est = _logistic()
+    model = _saved(tmp_path, est)
+    monkeypatch.setattr(kernels, "linear_kernel",
+                        lambda e: (kernels.LINEAR_CLASSIFIER, lambda x: np.zeros(len(x), dtype=np.int64)))
+    model_mod.attach_kernel(model)
+    assert model.fast is not None and model.fast.kernel is None and model.fast.kernel_name is None
+    rows = IRIS_X[::7]
+    assert np.array_equal(model.predict_fast(rows), est.predict(rows))
+
+
+@pytest.mark.parametrize(("case", "fit_on_frame", "kernels_on"), [
+    ("linear-regression", False, True), ("linear-regression", False, False), ("linear-regression", True, True),
+    ("logistic-multiclass", False, True), ("logistic-multiclass", True, True), ("logistic-multiclass", True, False),
+])
+def test_a_request_scored_alone_gets_exactly_mlflows_floats(tmp_path: Path, case: str, fit_on_frame: bool,
+                                                            kernels_on: bool) -> None:
+    """Bit for bit what pyfunc (so `mlflow models serve`) computes for the same request, float
+    regressors included, on both fast-path predictors. (Merged into a micro-batch with other
+    requests, floats may differ in the last bit: BLAS sums a bigger matrix in another order.)"""
+    import pandas as pd
+
+    x, y = (DIAB_X, DIAB_Y) if case.startswith("linear") else (IRIS_X, IRIS_Y)
+    cols = [f"c{i}" for i in range(x.shape[1])]
+    est = (LinearRegression() if case.startswith("linear") else LogisticRegression(max_iter=500))
+    est.fit(pd.DataFrame(x, columns=cols) if fit_on_frame else x, y)
+    model = _saved(tmp_path, est, x)
+    assert model.fast is not None
+    if kernels_on:
+        model_mod.attach_kernel(model)
+        assert model.fast.kernel is not None
+    rng = np.random.default_rng(7)
+    compared = 0
+    for n in (1, 3, 16):
+        for _ in range(15):
+            rows = (x[rng.integers(0, len(x), n)] * rng.normal(1, 0.3, (n, x.shape[1]))).tolist()
+            expected = np.asarray(model.pyfunc.predict(pd.DataFrame(rows, columns=cols)))
+            got = model.predict_fast(model.rows_array(rows))
+            assert got.dtype == expected.dtype and np.array_equal(got, expected), (n, rows)
+            compared += n
+    assert compared == 15 * (1 + 3 + 16)
