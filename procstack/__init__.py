@@ -8,7 +8,7 @@
     python -m procstack down [--purge]
 
 `up` runs __main__.py under mocks (mockrun) and starts every declared container as a process
-(translate.py says how each image is stood in for); run again with changed config it adds,
+(standins.py says how each image is stood in for); run again with changed config it adds,
 replaces or removes only what changed, as `pulumi up` would. Needs root: the DNS stand-in
 binds 127.0.0.11:53 (the resolver the nginx conf names) and the container hostnames go into a
 marked block of /etc/hosts. One local stack at a time per machine.

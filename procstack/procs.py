@@ -108,14 +108,14 @@ def wait_until(check: Callable[[], bool], deadline_s: float, what: str, pid: int
         except Exception:  # noqa: BLE001 - not ready yet, whatever the reason
             pass
         if pid is not None and not alive(pid):
-            raise ReadinessError(f"{what}: the process exited before it was ready{_tail(log)}")
+            raise ReadinessError(f"{what}: the process exited before it was ready{tail(log)}")
         if time.monotonic() > deadline:
-            raise ReadinessError(f"{what}: not ready after {deadline_s:.0f}s{_tail(log)}")
+            raise ReadinessError(f"{what}: not ready after {deadline_s:.0f}s{tail(log)}")
         time.sleep(delay)
         delay = min(delay * 1.5, 0.5)
 
 
-def _tail(log: Path | None, lines: int = 25) -> str:
+def tail(log: Path | None, lines: int = 25) -> str:
     if log is None or not log.exists():
         return ""
     text = log.read_text(errors="replace").splitlines()[-lines:]

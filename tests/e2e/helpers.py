@@ -9,6 +9,7 @@ from typing import Any
 
 from procstack import translate as tr
 from procstack.stack import LocalStack
+from stackconfig.names import ROLE_BALANCER
 
 
 def info(stack: LocalStack) -> dict[str, Any]:
@@ -23,14 +24,15 @@ def declared(stack: LocalStack) -> list[tr.Service]:
 
 
 def settings_of_stack(stack: LocalStack) -> Any:
+    """The program's own validated settings for the stack's current config."""
     from mockrun import run_program
 
-    return tr.settings_of(run_program(stack.stack, stack.state["overrides"]))
+    return run_program(stack.stack, stack.state["overrides"]).settings()
 
 
-def service(stack: LocalStack, kind: str) -> tr.Service:
-    found = [s for s in declared(stack) if s.kind == kind]
-    assert len(found) == 1, f"expected one {kind} container, got {[s.name for s in found]}"
+def service(stack: LocalStack, role: str) -> tr.Service:
+    found = [s for s in declared(stack) if s.role == role]
+    assert len(found) == 1, f"expected one {role} container, got {[s.name for s in found]}"
     return found[0]
 
 
@@ -43,7 +45,7 @@ def binomial_bound(n: int, p: float, sigmas: float = 4.0) -> float:
 
 def balancer_log_entries(stack: LocalStack) -> list[dict[str, Any]]:
     """The balancer's JSON access log lines (the conf logs to stdout, the runner to this file)."""
-    name = next(n for n, r in stack.status()["processes"].items() if r["kind"] == tr.BALANCER)
+    name = next(n for n, r in stack.status()["processes"].items() if r["role"] == ROLE_BALANCER)
     entries = []
     for line in Path(stack.paths.log(name)).read_text(errors="replace").splitlines():
         if line.startswith("{"):
@@ -56,7 +58,7 @@ def balancer_log_entries(stack: LocalStack) -> list[dict[str, Any]]:
 
 def nginx_pids(stack: LocalStack) -> set[int]:
     """The balancer's master and worker pids (a reload replaces the workers)."""
-    master = next(r["pid"] for r in stack.status()["processes"].values() if r["kind"] == tr.BALANCER)
+    master = next(r["pid"] for r in stack.status()["processes"].values() if r["role"] == ROLE_BALANCER)
     pids = {master}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:

@@ -8,8 +8,8 @@ import time
 import pytest
 
 from app import contract
-from procstack import translate as tr
 from procstack.loadgen import run_for
+from stackconfig.names import ROLE_REPLICA
 
 from .helpers import binomial_bound, declared, info
 
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.e2e
 
 
 def test_every_replica_serves_and_the_split_follows_the_weights(stack):
-    replicas = [s for s in declared(stack) if s.kind == tr.REPLICA]
+    replicas = [s for s in declared(stack) if s.role == ROLE_REPLICA]
     assert len(replicas) == 3, [s.name for s in replicas]
     weights = {s.name: s.weight for s in replicas}
     assert sorted(weights.values()) == [1, 1, 3]

@@ -10,8 +10,8 @@ import time
 import pytest
 
 from procstack import procs
-from procstack import translate as tr
 from procstack.loadgen import Load
+from stackconfig.names import ROLE_REPLICA
 
 from .helpers import balancer_log_entries, info, settings_of_stack
 
@@ -75,4 +75,4 @@ def test_killed_replica_costs_no_request_and_gets_no_more_traffic(stack):
 def test_dead_replica_is_marked_dead_by_status(stack):
     # The previous test brought the stack back; every replica runs.
     rows = stack.status()["processes"]
-    assert all(r["state"] == "running" for r in rows.values() if r["kind"] == tr.REPLICA)
+    assert all(r["state"] == "running" for r in rows.values() if r["role"] == ROLE_REPLICA)

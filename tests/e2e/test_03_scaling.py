@@ -9,7 +9,7 @@ import pytest
 
 from nginx.render import RESOLVER_VALID_S
 from procstack import procs
-from procstack import translate as tr
+from stackconfig.names import ROLE_REPLICA
 
 from .conftest import START_OVERRIDES
 from .helpers import declared, info, nginx_pids
@@ -48,7 +48,7 @@ def test_scale_out_under_load_adds_replicas_without_reload_or_failure(stack):
     pids_after = {n: r["pid"] for n, r in stack.status()["processes"].items() if r.get("pid")}
     assert {n: pids_after.get(n) for n in pids_before} == pids_before
     assert nginx_pids(stack) == nginx_before, "nginx was reloaded or restarted"
-    assert sorted(s.name for s in declared(stack) if s.kind == tr.REPLICA) == sorted(info(stack)["replicas"])
+    assert sorted(s.name for s in declared(stack) if s.role == ROLE_REPLICA) == sorted(info(stack)["replicas"])
 
 
 def test_scale_in_under_load_stops_only_the_removed_replicas_without_failure(stack):

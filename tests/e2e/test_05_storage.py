@@ -10,8 +10,8 @@ import pytest
 
 from app import contract
 from procstack import procs
-from procstack import translate as tr
 from procstack.loadgen import iris_row_body
+from stackconfig.names import ROLE_BUCKET, ROLE_MINIO, ROLE_MYSQL
 
 from .helpers import info, service, settings_of_stack
 
@@ -19,8 +19,8 @@ pytestmark = pytest.mark.e2e
 
 
 def _s3_keys(stack) -> list[str]:
-    minio = service(stack, tr.S3)
-    bucket_init = service(stack, tr.BUCKET)
+    minio = service(stack, ROLE_MINIO)
+    bucket_init = service(stack, ROLE_BUCKET)
     bucket = bucket_init.command[-1].split("/", 1)[1]
     s3 = boto3.client(
         "s3",
@@ -36,7 +36,7 @@ def _s3_keys(stack) -> list[str]:
 
 
 def _registry(stack) -> dict[str, object]:
-    mysql = service(stack, tr.MYSQL)
+    mysql = service(stack, ROLE_MYSQL)
     model = settings_of_stack(stack).default_group.model
     conn = pymysql.connect(
         host=info(stack)["mysql_address"],
