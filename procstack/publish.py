@@ -40,26 +40,17 @@ class NameTable:
     processes: dict[str, tuple[int, str | None]]  # address -> (pid, start time) of the process there
 
 
-def name_table(
-    services: Sequence[Service],
-    records: Mapping[str, Record],
-    address_of: Callable[[str], str],
-    exclude: Collection[str] = frozenset(),
-    only_running: bool = False,
-) -> NameTable:
-    """Every hostname and alias of the declared long-running containers, never of those in
-    `exclude`; with `only_running`, only of those with a process record (started and ready).
-    `address_of` gives the address of a container without a record."""
+def name_table(services: Sequence[Service], records: Mapping[str, Record], exclude: Collection[str] = frozenset()) -> NameTable:
+    """Every hostname and alias of the declared long-running containers that have a process
+    record (started, and ready unless the start failed), never of those in `exclude`."""
     hosts: dict[str, list[str]] = {}
     processes: dict[str, tuple[int, str | None]] = {}
     for service in services:
         record = records.get(service.name)
-        if service.name in exclude or service.oneshot:
+        if record is None or service.name in exclude or service.oneshot:
             continue
-        if only_running and not record:
-            continue
-        address = record["address"] if record else address_of(service.name)
-        if record and record.get("pid"):
+        address = record["address"]
+        if record.get("pid"):
             processes[address] = (record["pid"], record.get("started"))
         for host in service.hostnames:
             hosts.setdefault(host, []).append(address)

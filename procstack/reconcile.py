@@ -75,7 +75,7 @@ class Reconciler:
         self.ensure_dns(wanted)
         stopping = gone(wanted, self.records)
         if stopping:
-            self.publish(wanted, exclude=set(stopping))
+            self.publish(wanted)
             for name in stopping:
                 log(f"stopping {name} (no longer declared)")
                 self.stop(name)
@@ -89,8 +89,8 @@ class Reconciler:
                 self.stop(service.name)
             log(f"starting {service.name} ({service.role}) on {self.state.address(service.name)}")
             self.start(service)
-            self.publish(wanted, only_running=True)
-        self.publish(wanted, only_running=True)
+            self.publish(wanted)
+        self.publish(wanted)
 
     def start(self, service: Service) -> None:
         address = self.state.address(service.name)
@@ -124,7 +124,7 @@ class Reconciler:
         record = self.records.get(DNS_NAME)
         if record and procs.alive(record["pid"], record.get("started")):
             return
-        self.publish(wanted, only_running=True)
+        self.publish(wanted)
 
         def started(pid: int, argv: list[str]) -> None:
             self.records[DNS_NAME] = {
@@ -139,5 +139,7 @@ class Reconciler:
 
         self.names.start_dns(started)
 
-    def publish(self, wanted: Sequence[Service], exclude: Collection[str] = frozenset(), only_running: bool = False) -> None:
-        self.names.publish(name_table(wanted, self.records, self.state.address, exclude, only_running))
+    def publish(self, wanted: Sequence[Service], exclude: Collection[str] = frozenset()) -> None:
+        """Names of the declared containers that run, except `exclude`: the ones no longer
+        declared drop out, a new one comes in only once it was started."""
+        self.names.publish(name_table(wanted, self.records, exclude))

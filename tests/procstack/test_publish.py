@@ -45,12 +45,8 @@ RECORDS = {
 }
 
 
-def _unused_address(name: str) -> str:
-    raise AssertionError(f"no address needed for {name}")
-
-
 def test_running_containers_publish_every_name_and_alias_jobs_none():
-    table = publish.name_table(_services(), RECORDS, _unused_address, only_running=True)
+    table = publish.name_table(_services(), RECORDS)
     assert table.hosts == {
         "mlserve-dev-mysql": ["127.0.0.20"],
         "mysql": ["127.0.0.20"],
@@ -59,15 +55,14 @@ def test_running_containers_publish_every_name_and_alias_jobs_none():
         "replica-w1": ["127.0.0.22"],
     }
     assert table.processes == {"127.0.0.20": (100, "7"), "127.0.0.22": (102, "9")}
+    # replica-1 is declared but was not started: it has no name yet, and adds nobody to replica-w1.
 
 
-def test_excluded_containers_are_left_out_and_the_rest_share_their_aliases():
-    addresses = {"mlserve-dev-replica-1": "127.0.0.23"}
-    table = publish.name_table(_services(), RECORDS, addresses.__getitem__, exclude={"mlserve-dev-replica-0"})
-    assert table.hosts["replica-w1"] == ["127.0.0.23"]
+def test_excluded_containers_are_left_out_and_the_others_keep_their_shared_aliases():
+    records = {**RECORDS, "mlserve-dev-replica-1": {"address": "127.0.0.23", "pid": 103, "started": "9"}}
+    table = publish.name_table(_services(), records, exclude={"mlserve-dev-replica-0"})
+    assert table.hosts["replica-w1"] == ["127.0.0.23"] and table.hosts["replica-1"] == ["127.0.0.23"]
     assert "replica-0" not in table.hosts and "127.0.0.22" not in table.processes
-    # Without only_running a declared container that has no process yet is named at its address.
-    assert table.hosts["replica-1"] == ["127.0.0.23"] and "127.0.0.23" not in table.processes
 
 
 def test_hosts_block_is_replaced_and_removed_without_touching_other_lines(hosts):
@@ -92,7 +87,7 @@ def test_one_line_per_address_with_all_its_names(tmp_path):
 def test_publisher_writes_the_dns_table_and_the_hosts_block_from_one_table(hosts, tmp_path):
     paths = Paths(tmp_path / "state")
     publisher = publish.NamePublisher(paths)
-    table = publish.name_table(_services(), RECORDS, _unused_address, only_running=True)
+    table = publish.name_table(_services(), RECORDS)
     publisher.publish(table)
     assert "127.0.0.22 mlserve-dev-replica-0 replica-0 replica-w1" in hosts.read_text()
 

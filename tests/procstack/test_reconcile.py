@@ -166,9 +166,10 @@ def _stack(*extra: Any, replica0_env: str = "A=1") -> list[tr.Service]:
     )
 
 
-def _published_before_started(events: list[tuple[str, Any]]) -> list[str]:
-    """Names that were published while their container was not running."""
-    running: set[str] = set()
+def _published_before_started(events: list[tuple[str, Any]], running: set[str]) -> list[str]:
+    """Names that were published while their container was not running (`running`: those that
+    ran before the events)."""
+    running = set(running)
     early = []
     for kind, what in events:
         if kind == "start":
@@ -184,7 +185,7 @@ def test_up_starts_the_dns_stand_in_then_each_role_in_order_publishing_each_once
     reconciler, events, _ = fake_world
     reconciler.apply(_stack(), log=lambda line: None)
     assert [what for kind, what in events if kind == "start"] == [DNS_NAME, "db", "bucket", "replica-0", "lb"]
-    assert _published_before_started(events) == []
+    assert _published_before_started(events, set()) == []
     assert events[-1] == ("publish", frozenset({"db", "replica-0", "replica-w1", "lb"}))
     records = reconciler.records
     assert records["mlserve-dev-bucket"]["done"] and records["mlserve-dev-bucket"]["argv"] == ["job"]
@@ -247,3 +248,14 @@ def test_down_stops_in_reverse_start_order_the_dns_stand_in_last_and_withdraws_t
     assert reconciler.records == {} and pids == {}
     # A finished job has no process to stop: nothing is said about it.
     assert lines == [f"stopping {n}" for n in ("mlserve-dev-lb", "mlserve-dev-replica-0", "mlserve-dev-db", DNS_NAME)]
+
+
+def test_a_new_container_is_not_published_before_it_started_while_another_is_replaced(fake_world):
+    reconciler, events, pids = fake_world
+    reconciler.apply(_stack(), log=lambda line: None)
+    events.clear()
+    running = set(pids.values())
+    new = fakes.container("replica-1", ROLE_REPLICA, aliases=["replica-1", "replica-w1"])
+    reconciler.apply(_stack(new, replica0_env="A=2"), log=lambda line: None)
+    assert [e for e in events if e[0] != "publish"] == [("stop", "replica-0"), ("start", "replica-0"), ("start", "replica-1")]
+    assert _published_before_started(events, running) == []
