@@ -12,7 +12,7 @@ withdrawn before it is stopped.
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping, Sequence
-from typing import Any
+from typing import Any, Final, Literal
 
 from stackconfig.names import ROLES
 
@@ -23,13 +23,16 @@ from .standins import stand_in
 from .state import Record, StackState
 from .translate import Service
 
-KEEP, START, REPLACE = "keep", "start", "replace"
+Action = Literal["keep", "start", "replace"]
+KEEP: Final = "keep"
+START: Final = "start"
+REPLACE: Final = "replace"
 STOP_GRACE_S = 15.0
 
 Log = Callable[[str], Any]
 
 
-def action(service: Service, record: Record | None, alive: Callable[[int, str | None], bool]) -> str:
+def action(service: Service, record: Record | None, alive: Callable[[int, str | None], bool]) -> Action:
     """What `up` does with a declared container, given the record of its process (None: none)
     and how to tell whether a recorded process still runs."""
     if record is None:

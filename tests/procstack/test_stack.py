@@ -11,24 +11,30 @@ from app import contract
 from procstack import procs
 from procstack import translate as tr
 from procstack.stack import LocalStack
+from procstack.state import Paths, StackState
 from stackconfig.names import MLFLOW_PRIVATE_URL, ROLE_BALANCER
 
 
-def _stack_with_records(tmp_path, services: list[tr.Service]) -> LocalStack:
+def _stack_with_records(tmp_path, records: dict[str, dict[str, object]]) -> LocalStack:
+    """A LocalStack whose state file holds these process records (addresses handed out in order)."""
+    state = StackState("dev", Paths(tmp_path))
+    state.load()
+    for name, record in records.items():
+        state.records[name] = {"address": state.address(name), **record}
+    state.save()
     stack = LocalStack("dev", tmp_path)
-    stack._state.load()
-    for s in services:
-        stack._state.records[s.name] = {"role": s.role, "address": stack.address(s.name), "pid": 0, "done": True}
+    stack.status()  # reads the state file
     return stack
 
 
 def test_info_names_the_entry_url_the_mlflow_urls_and_every_replica(tmp_path, declared):
     services = tr.services(declared)
-    stack = _stack_with_records(tmp_path, services)
+    records: dict[str, dict[str, object]] = {s.name: {"role": s.role, "pid": 0, "done": True} for s in services}
     balancer = next(s for s in services if s.role == ROLE_BALANCER)
-    stack._state.records[balancer.name]["entry_url"] = "http://127.0.0.30:8080"
+    records[balancer.name]["entry_url"] = "http://127.0.0.30:8080"
+    stack = _stack_with_records(tmp_path, records)
     info = stack.info(services)
-    address = {s.resource: stack.address(s.name) for s in services}
+    address = {s.resource: stack.state["procs"][s.name]["address"] for s in services}
     assert info == {
         "entry_url": "http://127.0.0.30:8080",
         "mlflow_url": MLFLOW_PRIVATE_URL,
@@ -45,16 +51,15 @@ def test_info_names_the_entry_url_the_mlflow_urls_and_every_replica(tmp_path, de
 def test_status_tells_running_dead_and_done_apart(tmp_path):
     exited = subprocess.Popen([sys.executable, "-c", "pass"])
     exited.wait()
-    stack = LocalStack("dev", tmp_path)
-    stack._state.load()
-    stack._state.records.update(
+    stack = _stack_with_records(
+        tmp_path,
         {
-            "job": {"role": "trainer", "address": "127.0.0.20", "pid": 0, "done": True},
-            "me": {"role": "replica", "address": "127.0.0.21", "pid": os.getpid(), "started": procs.start_time(os.getpid())},
-            "gone": {"role": "replica", "address": "127.0.0.22", "pid": exited.pid, "started": "1"},
-        }
+            "job": {"role": "trainer", "pid": 0, "done": True},
+            "me": {"role": "replica", "pid": os.getpid(), "started": procs.start_time(os.getpid())},
+            "gone": {"role": "replica", "pid": exited.pid, "started": "1"},
+        },
     )
-    stack._state.save()
     rows = stack.status()["processes"]
     assert {n: r["state"] for n, r in rows.items()} == {"job": "done", "me": "running", "gone": "dead"}
     assert rows["me"] == {"role": "replica", "address": "127.0.0.21", "pid": os.getpid(), "state": "running"}
+    assert rows["job"]["address"] == "127.0.0.20"
