@@ -62,21 +62,16 @@ class TableResolver(BaseResolver):  # type: ignore[misc]
     def __init__(self, path: Path) -> None:
         self._path = path
         self._lock = threading.Lock()
-        self._mtime: float | None = None
         self._table: dict[str, Any] = {"hosts": {}, "processes": {}}
 
     def table(self) -> dict[str, Any]:
+        """The table as last written. Read on every query: nginx asks a few times per second at
+        most, and a cache keyed on the file's mtime missed two writes within one clock tick."""
         with self._lock:
             try:
-                mtime = self._path.stat().st_mtime_ns
-            except FileNotFoundError:
-                return self._table
-            if mtime != self._mtime:
-                try:
-                    self._table = json.loads(self._path.read_text())
-                    self._mtime = mtime
-                except (OSError, ValueError):
-                    pass  # mid-replace or unreadable: keep answering with the last good table
+                self._table = json.loads(self._path.read_text())
+            except (OSError, ValueError):
+                pass  # not written yet, or unreadable: keep answering with the last good table
             return self._table
 
     def resolve(self, request: DNSRecord, handler: DNSHandler) -> DNSRecord:

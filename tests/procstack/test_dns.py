@@ -40,3 +40,15 @@ def test_a_missing_or_broken_table_keeps_the_last_good_answers(tmp_path):
     table.write_text("{not json")
     os.utime(table, ns=(1, 1))
     assert _ask(resolver, "mysql") == (RCODE.NOERROR, ["127.0.0.20"])
+
+
+def test_a_rewrite_with_the_same_timestamp_is_seen(tmp_path):
+    """Two writes within one clock tick (same mtime) must not leave the older table answering."""
+    table = tmp_path / "t.json"
+    dns.write_hosts(table, {"replica-w1": ["127.0.0.21"]}, {})
+    stamp = table.stat().st_mtime_ns
+    resolver = dns.TableResolver(table)
+    assert _ask(resolver, "replica-w1") == (RCODE.NOERROR, ["127.0.0.21"])
+    dns.write_hosts(table, {"replica-w1": ["127.0.0.22"]}, {})
+    os.utime(table, ns=(stamp, stamp))
+    assert _ask(resolver, "replica-w1") == (RCODE.NOERROR, ["127.0.0.22"])
