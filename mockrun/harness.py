@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import re
 import runpy
@@ -52,6 +53,7 @@ class DeclaredResource:
     retain_on_delete: bool
     provider: str  # provider reference ("" = default provider)
     custom_timeouts: dict[str, str]
+    dependency_urns: tuple[str, ...] = ()  # the same dependencies by URN (names repeat across types)
     component_outputs: dict[str, Any] = field(default_factory=dict)  # register_outputs of a component
 
     def is_secret(self, *path: str | int) -> bool:
@@ -216,8 +218,20 @@ def _plain(value: Any, path: Path_, secrets: set[Path_]) -> Any:
     return value
 
 
-def _mock_state(type_: str, name: str, inputs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """Outputs a provider would add. Secrets are returned wrapped so that they stay secret."""
+def mock_image_id(inputs: Mapping[str, Any]) -> str:
+    """What pulumi-docker returns as `repoDigest` for an image built without a push: the image ID
+    (`sha256:<64 hex>`, provider/image.go). Under mocks nothing is built, so the ID is a digest
+    of the declared build inputs: the same inputs give the same ID, changed ones another."""
+    return "sha256:" + hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _mock_state(
+    type_: str, name: str, inputs: dict[str, Any], image_ids: Mapping[str, str] | None = None
+) -> tuple[str, dict[str, Any]]:
+    """Outputs a provider would add. Secrets are returned wrapped so that they stay secret.
+
+    `image_ids` ({imageName: ID}) stands for images really built (the engine stand-in builds
+    them first): their IDs are returned as the provider would return them."""
     from pulumi.runtime import rpc
 
     state = dict(inputs)
@@ -230,7 +244,7 @@ def _mock_state(type_: str, name: str, inputs: dict[str, Any]) -> tuple[str, dic
         state["exitCode"] = 0
     elif type_ == IMAGE:
         image_name = str(state.get("imageName", name))
-        state["repoDigest"] = f"{image_name.rsplit(':', 1)[0]}@sha256:{'0' * 64}"
+        state["repoDigest"] = (image_ids or {}).get(image_name) or mock_image_id(inputs)
     elif type_ in (VOLUME, NETWORK):
         state.setdefault("name", name)
     return f"{name}-id", state
@@ -239,14 +253,14 @@ def _mock_state(type_: str, name: str, inputs: dict[str, Any]) -> tuple[str, dic
 class _Recorder:
     """A MockMonitor that also keeps what the SDK sent: parent, options, secretness."""
 
-    def __init__(self) -> None:
+    def __init__(self, image_ids: Mapping[str, str] | None = None) -> None:
         from pulumi.runtime.mocks import MockCallArgs, MockMonitor, MockResourceArgs, Mocks
 
         recorder = self
 
         class _Mocks(Mocks):
             def new_resource(self, args: MockResourceArgs) -> tuple[str | None, dict[Any, Any]]:
-                return _mock_state(args.typ, args.name, args.inputs)
+                return _mock_state(args.typ, args.name, args.inputs, image_ids)
 
             def call(self, args: MockCallArgs) -> tuple[dict[Any, Any], list[tuple[str, str]] | None]:
                 return {}, None
@@ -307,6 +321,7 @@ class _Recorder:
                     retain_on_delete=bool(req.retainOnDelete),
                     provider=req.provider,
                     custom_timeouts={k: getattr(timeouts, k) for k in ("create", "update", "delete") if getattr(timeouts, k)},
+                    dependency_urns=tuple(sorted({d for d in req.dependencies if d in names})),
                     component_outputs=_plain(component_outputs.get(urn, {}), (), set()),
                 )
             )
@@ -336,6 +351,7 @@ def attempt(
     *,
     project_root: Path = PROJECT_ROOT,
     preview: bool = False,
+    image_ids: Mapping[str, str] | None = None,
 ) -> RunResult:
     """Run the program under mocks; never raises for a program error, returns it instead.
 
@@ -357,7 +373,7 @@ def attempt(
 
     with _RUN_LOCK:
         _ensure_event_loop()
-        recorder = _Recorder()
+        recorder = _Recorder(image_ids)
         # A fresh root stack and settings bag per run; leftovers of an earlier (maybe failed)
         # run must not leak into this one.
         runtime_settings.ROOT.set(None)
@@ -399,12 +415,13 @@ def run_program(
     *,
     project_root: Path = PROJECT_ROOT,
     preview: bool = False,
+    image_ids: Mapping[str, str] | None = None,
 ) -> DeclaredStack:
     """Run __main__.py under mocks for `stack` and return every registered resource and the outputs.
 
     A program error (a `ConfigError` for bad config) is raised as it is.
     """
-    result = attempt(stack, overrides, project_root=project_root, preview=preview)
+    result = attempt(stack, overrides, project_root=project_root, preview=preview, image_ids=image_ids)
     if result.error is not None:
         raise result.error
     return result.declared

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from app import contract
 from mockrun import CONTAINER_TYPE, DeclaredStack
 from mockrun.harness import IMAGE, NETWORK, RANDOM_PASSWORD, VOLUME
@@ -129,9 +131,41 @@ def test_images_are_built_from_app_and_not_pushed(any_stack: DeclaredStack) -> N
     assert replica["skipPush"] is True and mlflow["skipPush"] is True
     tag = settings_module.DEFAULTS["imageTag"]
     variant = "cpu" if any_stack.stack == "dev" else "cuda"
-    assert replica["build"]["args"] == {contract.BUILD_ARG_VARIANT: variant}
+    base = settings_module.DEFAULTS["pythonImage"]
+    assert replica["build"]["args"] == {contract.BUILD_ARG_VARIANT: variant, contract.BUILD_ARG_PYTHON_IMAGE: base}
+    assert mlflow["build"]["args"] == {contract.BUILD_ARG_PYTHON_IMAGE: base}
     assert replica["imageName"] == f"mlserve-replica:{tag}-{variant}"
     assert mlflow["imageName"] == f"mlserve-mlflow:{tag}"
+
+
+def test_python_image_is_the_base_of_both_builds() -> None:
+    from mockrun import run_program
+
+    stack = run_program("dev", {"pythonImage": "registry.local/python:3.11.9-slim-bookworm"})
+    for image in stack.images():
+        assert image.inputs["build"]["args"][contract.BUILD_ARG_PYTHON_IMAGE] == "registry.local/python:3.11.9-slim-bookworm"
+
+
+def test_containers_run_the_built_image_id(any_stack: DeclaredStack) -> None:
+    """pulumi-docker returns the image ID as repoDigest for an image built without a push
+    (provider/image.go); `name@sha256:...` of an unpushed image does not run on an engine."""
+    ids = {i.name: i for i in any_stack.images()}
+    for container in any_stack.replicas() + any_stack.by_role("mlflow") + any_stack.by_role("trainer"):
+        assert re.fullmatch(r"sha256:[0-9a-f]{64}", container.inputs["image"]), container.inputs["image"]
+    assert len(ids) == 2
+
+
+def test_built_image_ids_reach_the_containers() -> None:
+    """With the IDs of images really built (what the engine stand-in passes), the containers
+    declare exactly those: what is tested on an engine is what the program declares."""
+    from mockrun import run_program
+
+    tag = settings_module.DEFAULTS["imageTag"]
+    replica_id, mlflow_id = "sha256:" + "1" * 64, "sha256:" + "2" * 64
+    stack = run_program("dev", image_ids={f"mlserve-replica:{tag}-cpu": replica_id, f"mlserve-mlflow:{tag}": mlflow_id})
+    assert {c.inputs["image"] for c in stack.replicas()} == {replica_id}
+    assert stack.container("trainer").inputs["image"] == replica_id
+    assert stack.container("mlflow").inputs["image"] == mlflow_id
 
 
 def test_mlflow_server(any_stack: DeclaredStack) -> None:
@@ -158,7 +192,8 @@ def test_mlflow_server(any_stack: DeclaredStack) -> None:
     assert env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
     assert mlflow.is_secret("envs")
     assert contract.ROUTE_HEALTH in " ".join(mlflow.inputs["healthcheck"]["tests"])
-    assert mlflow.inputs["image"].startswith("mlserve-mlflow@")
+    assert mlflow.inputs["image"].startswith("sha256:")  # the built image's ID
+    assert mlflow.inputs["image"] != any_stack.container("replica-0").inputs["image"]
     assert {"mysql", "minio-bucket"} <= set(mlflow.depends_on)
     assert networks(mlflow.inputs)[0]["aliases"] == [contract.MLFLOW_HOST]
 
