@@ -67,6 +67,7 @@ PROBE_MODULE = "app.server.probe"
 REPLICA_DOCKERFILE = "Dockerfile.replica"
 TRACKING_DOCKERFILE = "Dockerfile.mlflow"
 BUILD_ARG_VARIANT = "VARIANT"  # "cpu" (default) or "cuda"
+BUILD_ARG_PYTHON_IMAGE = "PYTHON_IMAGE"  # base image of both Dockerfiles (stack key pythonImage)
 IMAGE_WORKDIR = "/srv"
 
 # Response headers of every /invocations answer: which replica and which model version

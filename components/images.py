@@ -1,9 +1,12 @@
 """The two images we build from `app/`: the replica (CPU or CUDA variant) and the MLflow server.
 
-Both are built on the Docker host and never pushed. Containers take the image's
-`repo_digest`, which for a local image is its ID: a rebuild whose content changed rolls
-the replicas (see replicas.py), a rebuild with identical content changes nothing.
-The MLflow version is pinned once, in app/requirements.txt, which both Dockerfiles install.
+Both are built on the Docker host and never pushed, from the base `pythonImage` (their
+PYTHON_IMAGE build argument); their first layers are the same (app/Dockerfile.*), so the
+host stores the base and the model runtime once. Containers take the image's `repo_digest`,
+which for an image built without a push is its ID (`sha256:...`, what pulumi-docker returns):
+a rebuild whose content changed rolls the replicas (see replicas.py), a rebuild with identical
+content changes nothing. The MLflow version is pinned once, in app/requirements.txt, which both
+Dockerfiles install.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ class AppImages(pulumi.ComponentResource):
                 build=docker.DockerBuildArgs(
                     context=APP_CONTEXT,
                     dockerfile=f"{APP_CONTEXT}/{contract.REPLICA_DOCKERFILE}",
-                    args={contract.BUILD_ARG_VARIANT: variant},
+                    args={contract.BUILD_ARG_VARIANT: variant, contract.BUILD_ARG_PYTHON_IMAGE: settings.images.python},
                 ),
                 skip_push=True,
             ),
@@ -49,6 +52,7 @@ class AppImages(pulumi.ComponentResource):
                 build=docker.DockerBuildArgs(
                     context=APP_CONTEXT,
                     dockerfile=f"{APP_CONTEXT}/{contract.TRACKING_DOCKERFILE}",
+                    args={contract.BUILD_ARG_PYTHON_IMAGE: settings.images.python},
                 ),
                 skip_push=True,
             ),

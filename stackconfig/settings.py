@@ -141,6 +141,7 @@ class Images:
     minio: str
     minio_client: str
     nginx: str
+    python: str  # base of the images we build from app/ (their PYTHON_IMAGE build argument)
     app_tag: str  # tag of the images we build from app/
 
 
@@ -518,6 +519,7 @@ def parse(stack: str, raw: Mapping[str, Any]) -> Settings:
         minio=_image("minioImage", get("minioImage")),
         minio_client=_image("minioClientImage", get("minioClientImage")),
         nginx=_image("nginxImage", get("nginxImage")),
+        python=_image("pythonImage", get("pythonImage")),
         app_tag=_matching("imageTag", get("imageTag"), re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$"), "a Docker tag"),
     )
     if images.app_tag == "latest":
