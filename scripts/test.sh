@@ -26,6 +26,13 @@ echo "== mypy"
 mypy
 echo "== workflow lint"
 bash scripts/lint_workflows.sh
+echo "== docker engine"
+# The engine tests (tests/engine) need a Docker engine: start one when none answers, and stop
+# only the one started here.
+engine_started=$(bash scripts/engine.sh start | sed -n 's/^started //p')
+if [ -n "$engine_started" ]; then
+  trap 'bash scripts/engine.sh stop "$engine_started"' EXIT
+fi
 echo "== pytest"
 if ((fast)); then
   # `live` tests start real servers, `e2e` ones the whole process stack (root).
