@@ -123,20 +123,24 @@ class ReplicaApp:
             self._rid_counter += 1
             rid = f"{self._rid_prefix}-{self._rid_counter:x}"
         token = logs.request_id.set(rid)
-        status = 500  # what the client sees if anything below raises
+        status = 500  # what the metrics and the access log say if sending the answer fails
         extra: list[tuple[bytes, bytes]]
         try:
-            if path == contract.ROUTE_INVOCATIONS:
-                if method != "POST":
-                    status, body, ctype, extra = 405, b'{"detail":"Method Not Allowed"}', _H_JSON, []
+            try:
+                if path == contract.ROUTE_INVOCATIONS:
+                    if method != "POST":
+                        status, body, ctype, extra = 405, b'{"detail":"Method Not Allowed"}', _H_JSON, []
+                    else:
+                        status, body, ctype, extra = await self._invocations(receive, ct, clen)
+                elif method not in ("GET", "HEAD") or path not in self._GET_ROUTES:
+                    status, body, ctype, extra = 404, b'{"detail":"Not Found"}', _H_JSON, []
+                    if path in self._GET_ROUTES:
+                        status, body = 405, b'{"detail":"Method Not Allowed"}'
                 else:
-                    status, body, ctype, extra = await self._invocations(receive, ct, clen)
-            elif method not in ("GET", "HEAD") or path not in self._GET_ROUTES:
-                status, body, ctype, extra = 404, b'{"detail":"Not Found"}', _H_JSON, []
-                if path in self._GET_ROUTES:
-                    status, body = 405, b'{"detail":"Method Not Allowed"}'
-            else:
-                status, body, ctype, extra = self._GET_ROUTES[path](self)
+                    status, body, ctype, extra = self._GET_ROUTES[path](self)
+            except Exception as exc:  # noqa: BLE001 - left to uvicorn, our bug would be a text/plain 500
+                log.exception("request failed", extra={"method": method, "path": path})
+                status, body, ctype, extra = 500, error_body("INTERNAL_ERROR", f"{method} {path} failed: {exc!r}"), _H_JSON, []
             headers = [(_H_CT, ctype), (b"content-length", str(len(body)).encode()),
                        (_H_INSTANCE, self._instance), (_H_REQUEST, rid.encode("latin-1"))]
             headers.extend(extra)
@@ -198,6 +202,9 @@ class ReplicaApp:
                 try:
                     rows = m.parse_fast(body, ct)
                 except NotFast:
+                    rows = None
+                except Exception:  # noqa: BLE001 - a bug of the fast path: MLflow's path still answers
+                    log.exception("fast-path parsing failed; the request takes MLflow's path")
                     rows = None
             self.receiving -= 1
             queued = True

@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 import tempfile
 import time
-import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,6 +45,17 @@ _FAST_TYPES = {"double": np.float64, "long": np.int64}
 _ALLOWED = {np.float64: frozenset((int, float)), np.int64: frozenset((int,))}
 _SPLIT_KEYS = frozenset(("columns", "data"))
 
+# Deepest nesting of arrays and objects (the outer object counts) a JSON request may have.
+# MLflow parses with Python's recursive decoder, which runs out of stack near 1,000 levels
+# and then escapes MLflow's error handling as a bare 500. A tensor has at most 64 dimensions
+# (numpy's limit, so MLflow refuses deeper inputs with a 400 anyway): 128 leaves room for
+# every request MLflow can score, and is far enough below the decoder's limit that no thread
+# depth reaches it.
+MAX_JSON_DEPTH = 128
+# JSON strings, escapes included, so that brackets inside them are not counted.
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+
 
 class NotFast(Exception):
     """The request is not one the fast path can judge; take the reference path."""
@@ -60,6 +71,30 @@ class Answer:
 def error_body(code: str, message: str) -> bytes:
     """An error in MLflow's shape (`{"error_code": ..., "message": ...}`)."""
     return orjson.dumps({"error_code": code, "message": message})
+
+
+def json_depth(body: bytes) -> int:
+    """How deep arrays and objects nest in a JSON text (brackets in strings do not count).
+
+    Linear and in C (regex, translate, numpy): it must not recurse itself, and it runs on
+    bodies of up to the body limit. For text that is not valid JSON the figure is only an
+    estimate, which is all the depth check needs."""
+    brackets = _JSON_STRING.sub(b"", body).translate(None, _NOT_BRACKETS)
+    if not brackets:
+        return 0
+    codes = np.frombuffer(brackets, dtype=np.uint8)
+    steps = np.where((codes == ord("[")) | (codes == ord("{")), 1, -1)
+    return int(np.cumsum(steps).max())
+
+
+def _parsed_as_json_by_mlflow(content_type: str | None) -> bool:
+    """Whether MLflow's scoring function would parse this body as JSON (its own reading of
+    the content type: media type exactly application/json, no parameter but charset=utf-8)."""
+    if content_type is None:
+        return False
+    mime, *params = (p.strip() for p in content_type.split(";"))
+    values = {k: v for k, _, v in (p.partition("=") for p in params)}
+    return mime == CONTENT_TYPE_JSON and values.get("charset", "utf-8").lower() == "utf-8" and values.keys() <= {"charset"}
 
 
 @dataclass
@@ -91,17 +126,23 @@ class LoadedModel:
 
     # ---- reference path -------------------------------------------------------------
     def score_reference(self, body: bytes, content_type: str | None) -> Answer:
-        """MLflow's scoring function on this model, as `mlflow models serve` runs it."""
+        """MLflow's scoring function on this model, as `mlflow models serve` runs it, except
+        where MLflow's server would answer a bare 500: JSON nested past MAX_JSON_DEPTH is a
+        400, and an exception MLflow lets escape is logged and answered as a JSON 500."""
         from mlflow.exceptions import MlflowException
         from mlflow.pyfunc import scoring_server
 
+        if (body.count(b"[") + body.count(b"{") > MAX_JSON_DEPTH and _parsed_as_json_by_mlflow(content_type)
+                and json_depth(body) > MAX_JSON_DEPTH):
+            return Answer(400, error_body("BAD_REQUEST", f"request JSON is nested deeper than {MAX_JSON_DEPTH} "
+                                                         "levels of arrays and objects"))
         try:
             res = scoring_server.invocations(body, content_type, self.pyfunc, self.input_schema)  # type: ignore[no-untyped-call]
         except MlflowException as e:
             return Answer(e.get_http_status_code(), e.serialize_as_json().encode())  # type: ignore[no-untyped-call]
-        except Exception:  # noqa: BLE001 - MLflow's server lets these escape as a bare 500
-            log.warning("unexpected error in reference scoring", extra={"exc_text": traceback.format_exc(limit=5)})
-            return Answer(500, b"Internal Server Error", "text/plain; charset=utf-8")
+        except Exception as exc:  # noqa: BLE001 - MLflow's server lets these escape as a bare 500
+            log.exception("MLflow's scoring function failed", extra={"model_version": self.version})
+            return Answer(500, error_body("INTERNAL_ERROR", f"scoring failed: {exc!r}"))
         return Answer(res.status, res.response.encode() if isinstance(res.response, str) else res.response, res.mimetype)
 
     # ---- fast path ----------------------------------------------------------------
@@ -129,7 +170,8 @@ class LoadedModel:
             if cols == spec.column_list:
                 rows = data
             else:
-                if len(cols) != ncol or set(cols) != spec.index.keys():
+                # Only names can match: anything else (a list is not even hashable) is MLflow's to judge.
+                if len(cols) != ncol or any(type(c) is not str for c in cols) or set(cols) != spec.index.keys():
                     raise NotFast
                 order = [cols.index(c) for c in spec.columns]
                 rows = [[r[i] for i in order] if type(r) is list and len(r) == ncol else None for r in data]

@@ -1,7 +1,8 @@
 """The same requests to our replica and to `mlflow models serve` on the same model get the
 same status codes and the same predictions or errors: every input format, the fast path
 (single and multi-row, reordered columns, micro-batched under concurrency) and every
-bad-input case."""
+bad-input case. Where ours differs on purpose (MLflow's bare 500s), DIFFERENT lists the
+case and asserts both answers."""
 
 from __future__ import annotations
 
@@ -87,6 +88,27 @@ BAD = {
 }
 
 
+def nested(depth: int) -> bytes:
+    """`inputs` nested `depth` arrays and objects deep, the outer object included."""
+    return ('{"inputs": ' + "[" * (depth - 1) + "1" + "]" * (depth - 1) + "}").encode()
+
+
+# Where ours differs from `mlflow models serve` on purpose (app/README.md, "Errors"): the request,
+# what MLflow answers (status, and whether as JSON: asserted, so that a change on MLflow's side
+# shows here), and what we answer (status and error_code, always as JSON).
+DIFFERENT = {
+    # MLflow's recursive JSON decoder runs out of stack: its server answers a bare 500.
+    "nested-past-mlflows-stack": (JSON, nested(5_000), (500, False), (400, "BAD_REQUEST")),
+    # Past our depth limit (128), short of MLflow's stack: both 400, ours with our message.
+    "nested-past-our-limit": (JSON, nested(200), (400, True), (400, "BAD_REQUEST")),
+    # MLflow's scoring function raises TypeError (a list is no column name): a bare 500 there.
+    "list-as-column-name": (JSON, j({"dataframe_split": {"columns": [COLS[:1], *COLS[1:]], "data": ROWS[:1]}}),
+                            (500, False), (500, "INTERNAL_ERROR")),
+    # MLflow's scoring function reads the content type's parts without a None check: a bare 500.
+    "no-content-type": (None, j({"dataframe_records": records(ROWS)}), (500, False), (500, "INTERNAL_ERROR")),
+}
+
+
 def _post(base: str, ct: str | None, body: bytes) -> httpx.Response:
     headers = {"Content-Type": ct} if ct is not None else {}
     return httpx.post(base + contract.ROUTE_INVOCATIONS, content=body, headers=headers, timeout=60)
@@ -133,11 +155,16 @@ def test_bad_inputs_match(case: str, replica: Any, mlflow_serve: Any) -> None:
     _compare(ours, theirs)
 
 
-def test_missing_content_type_matches(replica: Any, mlflow_serve: Any) -> None:
-    body = j({"dataframe_records": records(ROWS)})
-    theirs = _post(mlflow_serve.url, None, body)
-    ours = _post(replica.url, None, body)
-    assert ours.status_code == theirs.status_code
+@pytest.mark.parametrize("case", sorted(DIFFERENT))
+def test_deliberate_differences(case: str, replica: Any, mlflow_serve: Any) -> None:
+    ct, body, (their_status, their_json), (our_status, our_code) = DIFFERENT[case]
+    theirs = _post(mlflow_serve.url, ct, body)
+    assert theirs.status_code == their_status, theirs.text[:500]
+    assert theirs.headers.get("content-type", "").startswith("application/json") == their_json, theirs.headers
+    ours = _post(replica.url, ct, body)
+    assert ours.status_code == our_status, ours.text[:500]
+    assert ours.headers["content-type"] == "application/json"
+    assert ours.json()["error_code"] == our_code and ours.json()["message"]
 
 
 def test_fast_path_predicts_the_way_the_fixture_says(replica: Any) -> None:

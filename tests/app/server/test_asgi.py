@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from typing import Any
 
 import httpx
 import numpy as np
+import pytest
 
 from app import contract
 from app.server import config as config_mod
@@ -142,3 +144,66 @@ def test_no_model_yet_and_request_ids_and_unknown_routes() -> None:
             await app.shutdown()
 
     _run(scenario())
+
+
+# -- failures: logged with their traceback, answered as JSON ---------------------------------
+
+class _BrokenParser(_FakeModel):
+    """A fast-path parser with a bug (what a list as a column name once was)."""
+
+    def parse_fast(self, body: bytes, ct: str | None) -> np.ndarray:
+        raise TypeError("unhashable type: 'list'")
+
+    def score_reference(self, body: bytes, ct: str | None) -> Answer:
+        return Answer(200, b'{"predictions": ["reference"]}')
+
+
+class _BrokenHealthManager(_FakeManager):
+    @property
+    def last_error(self) -> Any:
+        raise RuntimeError("health is broken")
+
+    @last_error.setter
+    def last_error(self, value: Any) -> None:
+        pass
+
+
+def test_a_fast_path_bug_is_logged_and_mlflows_path_answers(caplog: pytest.LogCaptureFixture) -> None:
+    app = _app(_BrokenParser())
+
+    async def scenario() -> httpx.Response:
+        await app.startup()
+        try:
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+                return await c.post(contract.ROUTE_INVOCATIONS, content=b'{"dataframe_split": {}}',
+                                    headers={"Content-Type": "application/json"})
+        finally:
+            await app.shutdown()
+
+    with caplog.at_level(logging.INFO, logger="app.server"):
+        r = _run(scenario())
+    assert r.status_code == 200 and r.json() == {"predictions": ["reference"]}
+    assert [rec for rec in caplog.records if rec.exc_info and rec.exc_info[0] is TypeError]
+
+
+def test_any_exception_in_a_request_is_logged_and_answered_as_json_500(caplog: pytest.LogCaptureFixture) -> None:
+    cfg = config_mod.from_env({**BASE_ENV, contract.ENV_INSTANCE_ID: "r-test"})
+    app = ReplicaApp(cfg, manager=_BrokenHealthManager(_FakeModel()))  # type: ignore[arg-type]
+
+    async def scenario() -> tuple[httpx.Response, str]:
+        await app.startup()
+        try:
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+                r = await c.get(contract.ROUTE_HEALTH, headers={contract.HEADER_REQUEST_ID: "rid-broken"})
+                return r, (await c.get(contract.ROUTE_METRICS)).text
+        finally:
+            await app.shutdown()
+
+    with caplog.at_level(logging.INFO, logger="app.server"):
+        r, metrics = _run(scenario())
+    assert r.status_code == 500 and r.headers["content-type"] == "application/json"
+    assert r.json()["error_code"] == "INTERNAL_ERROR" and "health is broken" in r.json()["message"]
+    assert r.headers[contract.HEADER_REQUEST_ID] == "rid-broken"
+    assert 'mlserve_replica_requests_total{route="/health",status="500"} 1.0' in metrics
+    failed = [rec for rec in caplog.records if rec.exc_info and rec.exc_info[0] is RuntimeError]
+    assert failed and failed[0].levelno == logging.ERROR

@@ -3,6 +3,8 @@ check, and the reference path's answers."""
 
 from __future__ import annotations
 
+import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -133,3 +135,74 @@ def test_a_request_scored_alone_gets_exactly_mlflows_floats(tmp_path: Path, case
             assert got.dtype == expected.dtype and np.array_equal(got, expected), (n, rows)
             compared += n
     assert compared == 15 * (1 + 3 + 16)
+
+
+# -- failures: logged with their traceback, answered in MLflow's error shape ------------------
+
+IRIS_COLS = ["c0", "c1", "c2", "c3"]
+
+
+def _json_error(answer: model_mod.Answer) -> dict[str, Any]:
+    assert answer.content_type == "application/json", answer
+    doc: dict[str, Any] = json.loads(answer.body)
+    assert {"error_code", "message"} <= set(doc), doc
+    return doc
+
+
+def test_an_error_mlflow_lets_escape_is_logged_and_answered_as_json(tmp_path: Path,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """MLflow's scoring function raises TypeError for a list as a column name (its server answers
+    a bare 500): ours is a JSON 500, and the log line with the traceback is not lost."""
+    model = _saved(tmp_path, _logistic())
+    body = json.dumps({"dataframe_split": {"columns": [["c0"], *IRIS_COLS[1:]], "data": [[1, 2, 3, 4]]}}).encode()
+    with caplog.at_level(logging.INFO, logger="app.server.model"):
+        answer = model.score_reference(body, "application/json")
+    assert answer.status == 500
+    assert _json_error(answer)["error_code"] == "INTERNAL_ERROR"
+    logged = [r for r in caplog.records if r.exc_info]
+    assert logged and logged[0].levelno == logging.ERROR
+    assert "TypeError" in logging.Formatter().formatException(logged[0].exc_info)  # type: ignore[arg-type]
+
+
+def _nested(depth: int, opener: str = "[") -> bytes:
+    """A request `depth` arrays or objects deep, the outer object included."""
+    n = depth - 1
+    value = "[" * n + "1" + "]" * n if opener == "[" else '{"k": ' * n + "1" + "}" * n
+    return ('{"inputs": ' + value + "}").encode()
+
+
+def test_nesting_depth_is_counted_in_arrays_and_objects_and_not_in_strings() -> None:
+    for opener in "[{":
+        for depth in (3, 10, 200):
+            assert model_mod.json_depth(_nested(depth, opener)) == depth, (opener, depth)
+    quoted = b'{"inputs": "' + b"[" * 5000 + b'\\"]]"}'
+    assert model_mod.json_depth(quoted) == 1
+    assert model_mod.json_depth(b"") == 0 and model_mod.json_depth(b"1") == 0
+
+
+@pytest.mark.parametrize("depth", [model_mod.MAX_JSON_DEPTH + 1, 1_000, 100_000])
+@pytest.mark.parametrize("opener", ["[", "{"])
+def test_nesting_past_the_limit_is_a_400(tmp_path: Path, depth: int, opener: str) -> None:
+    """Past MAX_JSON_DEPTH ours is 400 BAD_REQUEST, before MLflow parses anything (MLflow's server
+    answers a bare 500 from about 1,000 levels on: its JSON decoder runs out of stack)."""
+    model = _saved(tmp_path, _logistic())
+    answer = model.score_reference(_nested(depth, opener), "application/json; charset=utf-8")
+    assert answer.status == 400
+    doc = _json_error(answer)
+    assert doc["error_code"] == "BAD_REQUEST" and str(model_mod.MAX_JSON_DEPTH) in doc["message"]
+
+
+def test_nesting_within_the_limit_is_mlflows_to_judge(tmp_path: Path) -> None:
+    model = _saved(tmp_path, _logistic())
+    answer = model.score_reference(_nested(model_mod.MAX_JSON_DEPTH), "application/json")
+    assert answer.status == 400 and "nested deeper" not in _json_error(answer)["message"]
+    # Only what MLflow parses as JSON is measured: other content types keep MLflow's answer.
+    assert model.score_reference(_nested(1_000), "text/plain").status == 415
+
+
+def test_fast_path_refuses_columns_that_are_not_names(tmp_path: Path) -> None:
+    model = _saved(tmp_path, _logistic())
+    for columns in ([["c0"], *IRIS_COLS[1:]], [{"c": 0}, *IRIS_COLS[1:]], [1, *IRIS_COLS[1:]]):
+        body = json.dumps({"dataframe_split": {"columns": columns, "data": [[1, 2, 3, 4]]}}).encode()
+        with pytest.raises(model_mod.NotFast):
+            model.parse_fast(body, "application/json")
