@@ -7,6 +7,8 @@ classifies containers by that label, never by name patterns, images or commands.
 
 from __future__ import annotations
 
+import re
+
 from app import contract
 
 PROJECT = "mlserve"
@@ -24,6 +26,11 @@ ROLE_BALANCER = "balancer"
 # In start order: a role's containers need the earlier roles' containers.
 ROLES = (ROLE_MYSQL, ROLE_MINIO, ROLE_BUCKET, ROLE_MLFLOW, ROLE_TRAINER, ROLE_REPLICA, ROLE_BALANCER)
 ONE_SHOT_ROLES = (ROLE_BUCKET, ROLE_TRAINER)
+# Kubernetes target only: the Job that migrates MLflow's schema before a new server starts.
+ROLE_DB_UPGRADE = "mlflow-db-upgrade"
+# Kubernetes target: the labels that tell replica groups (and weights within a group) apart.
+LABEL_GROUP = f"{PROJECT}.group"
+LABEL_WEIGHT = f"{PROJECT}.weight"
 
 # The private MLflow URL every container on the network uses (replicas, trainer).
 MLFLOW_PRIVATE_URL = f"http://{contract.MLFLOW_HOST}:{contract.MLFLOW_PORT}"
@@ -36,6 +43,22 @@ def container_name(stack: str, resource: str) -> str:
 
 def network_name(stack: str) -> str:
     return f"{PROJECT}-{stack}"
+
+
+def dns_label(text: str, limit: int = 63) -> str:
+    """`text` as a Kubernetes object name (DNS label): lowercase letters, digits and '-', at most `limit`."""
+    label = re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")
+    return label[:limit].rstrip("-") or "x"
+
+
+def namespace_name(stack: str) -> str:
+    """The namespace the Kubernetes target creates when config names none."""
+    return dns_label(f"{PROJECT}-{stack}")
+
+
+def service_host(service: str, namespace: str, cluster_domain: str) -> str:
+    """Fully qualified name of a Kubernetes Service: nginx's resolver ignores search domains."""
+    return f"{service}.{namespace}.svc.{cluster_domain}"
 
 
 # The replicas of `replicas`/`weights` form the default group; other groups are named in config.

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field, replace
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, TypeVar
 
-from stackconfig.names import DEFAULT_GROUP
+from stackconfig.names import DEFAULT_GROUP, namespace_name
 
 # Limits of the config schema. Pulumi.yaml documents the same keys; a test
 # checks that both agree.
@@ -145,6 +146,66 @@ class Images:
     app_tag: str  # tag of the images we build from app/
 
 
+TARGET_DOCKER = "docker"
+TARGET_KUBERNETES = "kubernetes"
+TARGETS = (TARGET_DOCKER, TARGET_KUBERNETES)
+SERVICE_TYPES = ("ClusterIP", "NodePort", "LoadBalancer")
+
+
+@dataclass(frozen=True)
+class SecretValue:
+    """A config value set as a secret. Its repr hides it, so that no error message or log line
+    that prints settings shows it; components hand it on wrapped in `pulumi.Output.secret`."""
+
+    value: str = field(repr=False)
+
+    def __str__(self) -> str:
+        return "[secret]"
+
+
+@dataclass(frozen=True)
+class ExternalStores:
+    """MLflow's stores outside the cluster (the default on Kubernetes)."""
+
+    database_url: SecretValue  # SQLAlchemy URL, mysql+pymysql://
+    s3_endpoint: str
+    s3_access_key_id: SecretValue
+    s3_secret_access_key: SecretValue
+
+
+@dataclass(frozen=True)
+class InClusterStores:
+    """MySQL and MinIO as StatefulSets in the namespace (evaluation)."""
+
+    storage_class: str | None  # None: the cluster's default StorageClass
+    mysql_storage_gi: int
+    minio_storage_gi: int
+
+
+@dataclass(frozen=True)
+class Autoscaling:
+    max_replicas: int  # per replica group Deployment
+    cpu_percent: int  # average CPU use, in percent of the request
+
+
+@dataclass(frozen=True)
+class KubernetesSettings:
+    namespace: str
+    create_namespace: bool  # True when `namespace` is unset: the program owns mlserve-<stack>
+    kubeconfig: SecretValue | None  # None: KUBECONFIG or ~/.kube/config
+    cluster_domain: str
+    dns_resolver: str  # what nginx's `resolver` names: an address or a name, optional :port
+    image_registry: str
+    image_pull_secret: str | None
+    stores: ExternalStores | InClusterStores
+    max_surge: int
+    max_unavailable: int
+    gpu_node_selector: tuple[tuple[str, str], ...]
+    gpu_runtime_class: str | None
+    autoscaling: Autoscaling | None
+    balancer_service_type: str  # one of SERVICE_TYPES
+
+
 @dataclass(frozen=True)
 class Settings:
     stack: str
@@ -159,6 +220,8 @@ class Settings:
     protect_data: bool
     # What the config means but the user may not expect (see `load`, which logs each one).
     warnings: tuple[str, ...] = ()
+    target: str = "docker"  # one of TARGETS
+    kubernetes: KubernetesSettings | None = None  # set exactly when target is kubernetes
 
     @property
     def default_group(self) -> ReplicaGroup:
@@ -178,6 +241,7 @@ class KeySpec:
     type: str | None  # "string", "integer", "boolean", "array"; None: structured (see STRUCTURED_KEYS)
     default: Any  # None: optional
     description: str
+    secret: bool = False  # must be set with `pulumi config set --secret`
 
 
 def _read_schema(path: Path = PROJECT_FILE) -> dict[str, KeySpec]:
@@ -186,7 +250,12 @@ def _read_schema(path: Path = PROJECT_FILE) -> dict[str, KeySpec]:
 
     doc = yaml.safe_load(path.read_text())
     return {
-        key: KeySpec(type=entry.get("type"), default=entry.get("default"), description=entry.get("description", ""))
+        key: KeySpec(
+            type=entry.get("type"),
+            default=entry.get("default"),
+            description=entry.get("description", ""),
+            secret=bool(entry.get("secret", False)),
+        )
         for key, entry in (doc.get("config") or {}).items()
     }
 
@@ -470,11 +539,214 @@ def _groups(value: Any, top: Callable[[str], Any], primary: ReplicaGroup, warnin
     return (replace(primary, traffic_percent=round(100 - canary_total, SHARE_DECIMALS)), *named)
 
 
-def parse(stack: str, raw: Mapping[str, Any]) -> Settings:
+# --- targets ---------------------------------------------------------------------------------
+
+# Keys only the Kubernetes target reads (their descriptions in Pulumi.yaml start with
+# "Kubernetes only"; a test keeps both in step). None of them has a default in Pulumi.yaml, so
+# "set" means set by the user, and setting one on the Docker target is an error.
+KUBERNETES_ONLY_KEYS = (
+    "kubeconfig", "namespace", "clusterDomain", "clusterDns", "imageRegistry", "imagePullSecret",
+    "inClusterStores", "databaseUrl", "s3Endpoint", "s3AccessKeyId", "s3SecretAccessKey", "storageClass",
+    "mysqlStorageGi", "minioStorageGi", "replicaMaxSurge", "replicaMaxUnavailable", "gpuNodeSelector",
+    "gpuRuntimeClass", "autoscaleMaxReplicas", "autoscaleCpuPercent", "balancerServiceType",
+)
+# Keys that mean nothing on a cluster, and why. A key with a default counts as set when its
+# value differs from the default (the CLI hands defaults over like any other value).
+DOCKER_ONLY_KEYS = {
+    "dockerHost": "the cluster comes from the kubeconfig key or the environment's kubeconfig",
+    "mlflowUiPort": "it publishes MLflow on the Docker host's loopback; on a cluster use "
+    "`kubectl port-forward svc/mlflow 5000` (MLflow accepts localhost:5000)",
+    "balancerBindIp": "a Kubernetes Service has no bind address; choose balancerServiceType instead",
+}
+# gpuMode values that only a Docker host can honour, and why.
+DOCKER_ONLY_GPU_MODES = {
+    "all": "a pod cannot take every GPU of a node; use gpuMode count with gpuCount",
+    "devices": "the NVIDIA device plugin picks the GPUs, pods cannot name them; use gpuMode count with gpuCount",
+}
+CLUSTER_DOMAIN = "cluster.local"
+# CoreDNS keeps the Service name kube-dns for compatibility on kubeadm, k3s, kind, EKS, GKE, AKS.
+CLUSTER_DNS_SERVICE = "kube-dns.kube-system.svc"
+DEFAULT_MAX_SURGE = 1
+DEFAULT_MAX_UNAVAILABLE = 0
+DEFAULT_AUTOSCALE_CPU_PERCENT = 70
+DEFAULT_MYSQL_STORAGE_GI = 10
+DEFAULT_MINIO_STORAGE_GI = 50
+# The MLflow image installs pymysql as its only database driver.
+DATABASE_URL_PREFIX = "mysql+pymysql://"
+
+_DNS_LABEL_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_DNS_NAME_RE = re.compile(r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_RESOLVER_RE = re.compile(r"^(?P<host>[a-z0-9.-]+)(:(?P<port>\d{1,5}))?$")
+_REGISTRY_RE = re.compile(r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:\d{1,5})?(/[a-z0-9]+([._-][a-z0-9]+)*)*$")
+_LABEL_KEY_RE = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+_LABEL_VALUE_RE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
+_URL_RE = re.compile(r"^https?://[^\s/]+(/\S*)?$")
+
+
+def _check_target_keys(target: str, get: Callable[[str], Any]) -> None:
+    """Keys that make no sense on the chosen target stop the program, naming the key and why."""
+    if target == TARGET_DOCKER:
+        for key in KUBERNETES_ONLY_KEYS:
+            if get(key) is not None:
+                raise ConfigError(key, "is only used when target is 'kubernetes' (target is 'docker')")
+        return
+    for key, reason in DOCKER_ONLY_KEYS.items():
+        value = get(key)
+        if value is not None and value != SCHEMA[key].default:
+            raise ConfigError(key, f"is not used when target is 'kubernetes': {reason}")
+    mode = get("gpuMode")
+    if mode in DOCKER_ONLY_GPU_MODES:
+        raise ConfigError("gpuMode", f"{mode!r} is Docker-only and target is 'kubernetes': {DOCKER_ONLY_GPU_MODES[mode]}")
+    if get("gpuDeviceIds") is not None:
+        raise ConfigError("gpuDeviceIds", f"is not used when target is 'kubernetes': {DOCKER_ONLY_GPU_MODES['devices']}")
+
+
+def _check_secret_keys(raw: Mapping[str, Any], secret_keys: Collection[str]) -> None:
+    for key in sorted(raw):
+        if SCHEMA[key].secret and raw[key] is not None and key not in secret_keys:
+            raise ConfigError(key, f"must be set as a secret: pulumi config set --secret {key} <value>")
+
+
+def _secret(key: str, value: Any, check: Callable[[str], bool], what: str) -> SecretValue:
+    """A secret value; an invalid one is reported without echoing it."""
+    if not isinstance(value, str) or not check(value):
+        raise ConfigError(key, f"must be {what} (value not shown: it is a secret)")
+    return SecretValue(value)
+
+
+def _optional(key: str, get: Callable[[str], Any], check: Callable[[str, Any], T]) -> T | None:
+    value = get(key)
+    return None if value is None else check(key, value)
+
+
+def _kubernetes(stack: str, get: Callable[[str], Any], groups: tuple[ReplicaGroup, ...]) -> KubernetesSettings:
+    """The Kubernetes-only keys, once target is kubernetes (see README: "On a Kubernetes cluster")."""
+    def dns_name(key: str, value: Any) -> str:
+        return _matching(key, value, _DNS_NAME_RE, "a DNS name (lowercase letters, digits, '-' and '.')")
+
+    namespace = _optional("namespace", get, lambda k, v: _matching(k, v, _DNS_LABEL_RE, "a namespace name (DNS label, 1-63 lowercase letters, digits, '-')"))
+    domain = _optional("clusterDomain", get, dns_name) or CLUSTER_DOMAIN
+    resolver = get("clusterDns")
+    if resolver is None:
+        resolver = f"{CLUSTER_DNS_SERVICE}.{domain}"
+    else:
+        match = _RESOLVER_RE.match(resolver) if isinstance(resolver, str) else None
+        host = match.group("host") if match else ""
+        port = int(match.group("port")) if match and match.group("port") else 53
+        if not match or not (_IPV4_RE.match(host) or _DNS_NAME_RE.match(host)) or not 1 <= port <= 65535:
+            raise ConfigError("clusterDns", f"must be an IPv4 address or a DNS name, with an optional :port, got {resolver!r}")
+    registry = get("imageRegistry")
+    if registry is None:
+        raise ConfigError("imageRegistry", "is required when target is 'kubernetes': the cluster pulls the app images from it "
+                          "(for example registry.example.com/ml)")
+    registry = _matching("imageRegistry", registry, _REGISTRY_RE, "a registry host with an optional :port and path, such as registry.example.com/ml")
+    pull_secret = _optional("imagePullSecret", get, dns_name)
+    if pull_secret is not None and namespace is None:
+        raise ConfigError("imagePullSecret", "needs 'namespace': the Secret must exist in the namespace before the pods do, "
+                          "and without 'namespace' the program creates a new one")
+
+    in_cluster = _bool("inClusterStores", get("inClusterStores")) if get("inClusterStores") is not None else False
+    external_keys = ("databaseUrl", "s3Endpoint", "s3AccessKeyId", "s3SecretAccessKey")
+    in_cluster_keys = ("storageClass", "mysqlStorageGi", "minioStorageGi")
+    stores: ExternalStores | InClusterStores
+    if in_cluster:
+        for key in external_keys:
+            if get(key) is not None:
+                raise ConfigError(key, "is not used with inClusterStores: true (the stores run in the cluster)")
+        stores = InClusterStores(
+            storage_class=_optional("storageClass", get, dns_name),
+            mysql_storage_gi=_optional("mysqlStorageGi", get, lambda k, v: _int(k, v, 1, 65536)) or DEFAULT_MYSQL_STORAGE_GI,
+            minio_storage_gi=_optional("minioStorageGi", get, lambda k, v: _int(k, v, 1, 65536)) or DEFAULT_MINIO_STORAGE_GI,
+        )
+    else:
+        for key in in_cluster_keys:
+            if get(key) is not None:
+                raise ConfigError(key, "is only used with inClusterStores: true")
+        for key in external_keys:
+            if get(key) is None:
+                raise ConfigError(key, "is required when target is 'kubernetes' without inClusterStores: true "
+                                  f"(external stores; set it with pulumi config set{' --secret' if SCHEMA[key].secret else ''} {key} ...)")
+        stores = ExternalStores(
+            database_url=_secret("databaseUrl", get("databaseUrl"), lambda v: v.startswith(DATABASE_URL_PREFIX) and len(v) > len(DATABASE_URL_PREFIX),
+                                 f"a SQLAlchemy URL starting with {DATABASE_URL_PREFIX}"),
+            s3_endpoint=_matching("s3Endpoint", get("s3Endpoint"), _URL_RE, "an http:// or https:// URL"),
+            s3_access_key_id=_secret("s3AccessKeyId", get("s3AccessKeyId"), lambda v: bool(v.strip()), "a non-empty access key id"),
+            s3_secret_access_key=_secret("s3SecretAccessKey", get("s3SecretAccessKey"), lambda v: bool(v.strip()), "a non-empty secret key"),
+        )
+
+    surge = _optional("replicaMaxSurge", get, lambda k, v: _int(k, v, 0, 100))
+    unavailable = _optional("replicaMaxUnavailable", get, lambda k, v: _int(k, v, 0, 100))
+    surge = DEFAULT_MAX_SURGE if surge is None else surge
+    unavailable = DEFAULT_MAX_UNAVAILABLE if unavailable is None else unavailable
+    if surge == 0 and unavailable == 0:
+        raise ConfigError("replicaMaxUnavailable", "must be at least 1 when replicaMaxSurge is 0 (a rolling update could never start)")
+
+    gpu_keys = ("gpuNodeSelector", "gpuRuntimeClass")
+    if all(group.resources.gpu.mode == "none" for group in groups):
+        for key in gpu_keys:
+            if get(key) is not None:
+                raise ConfigError(key, "is only used with gpuMode count (GPU replicas)")
+    selector: list[tuple[str, str]] = []
+    raw_selector = get("gpuNodeSelector")
+    if raw_selector is not None:
+        if not isinstance(raw_selector, list) or not raw_selector:
+            raise ConfigError("gpuNodeSelector", f"must be a non-empty list of node labels key=value, got {raw_selector!r}")
+        for entry in raw_selector:
+            label, sep, value = str(entry).partition("=")
+            if not sep or not _LABEL_KEY_RE.match(label) or not _LABEL_VALUE_RE.match(value):
+                raise ConfigError("gpuNodeSelector", f"entries must be node labels key=value, got {entry!r}")
+            if label in dict(selector):
+                raise ConfigError("gpuNodeSelector", f"names the label {label!r} twice")
+            selector.append((label, value))
+    runtime_class = _optional("gpuRuntimeClass", get, dns_name)
+
+    for index, group in enumerate(groups):
+        # groups[0] is the default group (top-level keys); the others are `groups` entries.
+        prefix = "" if index == 0 else f"groups[{index - 1}]."
+        if (Fraction(group.resources.cpus) * 1000).denominator != 1:
+            raise ConfigError(f"{prefix}replicaCpus", f"must be a multiple of 0.001 on Kubernetes (CPU is counted in millicores), got {group.resources.cpus!r}")
+        if group.resources.gpu.mode in DOCKER_ONLY_GPU_MODES:
+            mode = group.resources.gpu.mode
+            raise ConfigError(f"{prefix}gpuMode", f"{mode!r} is Docker-only and target is 'kubernetes': {DOCKER_ONLY_GPU_MODES[mode]}")
+
+    autoscaling = None
+    max_replicas = _optional("autoscaleMaxReplicas", get, lambda k, v: _int(k, v, 1, MAX_REPLICAS))
+    cpu_percent = _optional("autoscaleCpuPercent", get, lambda k, v: _int(k, v, 10, 100))
+    if max_replicas is None:
+        if cpu_percent is not None:
+            raise ConfigError("autoscaleCpuPercent", "is only used with autoscaleMaxReplicas (the autoscaler is off)")
+    else:
+        largest = max(group.weights.count(w) for group in groups for w in set(group.weights))
+        if max_replicas < largest:
+            raise ConfigError("autoscaleMaxReplicas", f"must be at least the largest replica group's count ({largest}, from "
+                              f"replicas and weights: the autoscaler's minimum), got {max_replicas}")
+        autoscaling = Autoscaling(max_replicas=max_replicas, cpu_percent=cpu_percent or DEFAULT_AUTOSCALE_CPU_PERCENT)
+
+    kubeconfig = get("kubeconfig")
+    return KubernetesSettings(
+        namespace=namespace or namespace_name(stack),
+        create_namespace=namespace is None,
+        kubeconfig=None if kubeconfig is None else _secret("kubeconfig", kubeconfig, lambda v: bool(v.strip()), "kubeconfig contents or a path"),
+        cluster_domain=domain,
+        dns_resolver=resolver,
+        image_registry=registry,
+        image_pull_secret=pull_secret,
+        stores=stores,
+        max_surge=surge,
+        max_unavailable=unavailable,
+        gpu_node_selector=tuple(selector),
+        gpu_runtime_class=runtime_class,
+        autoscaling=autoscaling,
+        balancer_service_type=_optional("balancerServiceType", get, lambda k, v: _choice(k, v, SERVICE_TYPES)) or "ClusterIP",
+    )
+
+
+def parse(stack: str, raw: Mapping[str, Any], secret_keys: Collection[str] = ()) -> Settings:
     """Validate raw config strings (as Pulumi hands them over) into Settings.
 
     Raises ConfigError naming the first offending key. Unknown keys are errors too,
-    so a misspelled key cannot be silently ignored.
+    so a misspelled key cannot be silently ignored. `secret_keys`: the keys (without the
+    project prefix) that were set as secrets; a key Pulumi.yaml marks `secret` must be one.
     """
     unknown = sorted(set(raw) - set(DEFAULTS))
     if unknown:
@@ -482,6 +754,10 @@ def parse(stack: str, raw: Mapping[str, Any]) -> Settings:
 
     def get(key: str) -> Any:
         return _decode(key, raw.get(key))
+
+    target = _choice("target", get("target"), TARGETS)
+    _check_target_keys(target, get)
+    _check_secret_keys(raw, secret_keys)
 
     warnings: list[str] = []
     replicas = _int("replicas", get("replicas"), 1, MAX_REPLICAS)
@@ -528,6 +804,7 @@ def parse(stack: str, raw: Mapping[str, Any]) -> Settings:
     docker_host = get("dockerHost")
     if docker_host is not None and not (isinstance(docker_host, str) and re.match(r"^(ssh|tcp|unix)://\S+$", docker_host)):
         raise ConfigError("dockerHost", f"must be a Docker host URL such as ssh://user@gpu-box, got {docker_host!r}")
+    kubernetes = _kubernetes(stack, get, groups) if target == TARGET_KUBERNETES else None
     return Settings(
         stack=stack,
         groups=groups,
@@ -540,6 +817,8 @@ def parse(stack: str, raw: Mapping[str, Any]) -> Settings:
         train_demo_model=_bool("trainDemoModel", get("trainDemoModel")),
         protect_data=_bool("protectData", get("protectData")),
         warnings=tuple(warnings),
+        target=target,
+        kubernetes=kubernetes,
     )
 
 
@@ -560,6 +839,16 @@ def _all_project_config(project: str) -> dict[str, str]:
     return {full_key[len(prefix):]: value for full_key, value in merged.items() if full_key.startswith(prefix)}
 
 
+def _secret_keys(project: str) -> set[str]:
+    """Keys of this project that were set as secrets (`pulumi config set --secret`)."""
+    from pulumi.runtime import config as runtime_config
+
+    prefix = f"{project}:"
+    full = {key for key in DEFAULTS if runtime_config.is_config_secret(f"{prefix}{key}")}
+    full |= {key[len(prefix):] for key in runtime_config.get_config_secret_keys_env() if key.startswith(prefix)}
+    return full
+
+
 def load() -> Settings:
     """Read this stack's config through Pulumi. Called once, by __main__.py, before any resource."""
     import pulumi
@@ -574,7 +863,7 @@ def load() -> Settings:
             value = config.get(key)
             if value is not None:
                 raw[key] = value
-    settings = parse(pulumi.get_stack(), raw)
+    settings = parse(pulumi.get_stack(), raw, _secret_keys(project))
     for warning in settings.warnings:
         pulumi.log.warn(warning)
     return settings
