@@ -29,6 +29,8 @@ NETWORK = "docker:index/network:Network"
 RANDOM_PASSWORD = "random:index/randomPassword:RandomPassword"
 RANDOM_STRING = "random:index/randomString:RandomString"
 DOCKER_PROVIDER = "pulumi:providers:docker"
+KUBERNETES_PREFIX = "kubernetes:"  # pulumi-kubernetes types, e.g. kubernetes:apps/v1:Deployment
+KUBERNETES_PROVIDER = "pulumi:providers:kubernetes"
 
 Path_ = tuple[str | int, ...]
 
@@ -91,6 +93,7 @@ class DeclaredStack:
     config: dict[str, str]  # "<project>:<key>" -> value as handed to the program
     resources: tuple[DeclaredResource, ...]
     outputs: dict[str, OutputValue]
+    secret_keys: frozenset[str] = frozenset()  # "<project>:<key>" set as secrets
 
     def __iter__(self) -> Iterator[DeclaredResource]:
         return iter(self.resources)
@@ -103,6 +106,13 @@ class DeclaredStack:
 
     def containers(self) -> list[DeclaredResource]:
         return self.of_type(CONTAINER)
+
+    def kubernetes(self, kind: str | None = None) -> list[DeclaredResource]:
+        """Kubernetes objects (`kind`: only those, e.g. "Deployment"), in natural name order."""
+        found = [r for r in self.resources if r.custom and r.type.startswith(KUBERNETES_PREFIX)]
+        if kind is not None:
+            found = [r for r in found if r.type.rsplit(":", 1)[1] == kind]
+        return sorted(found, key=lambda r: (r.type, _natural(r.name)))
 
     def images(self) -> list[DeclaredResource]:
         return self.of_type(IMAGE)
@@ -158,7 +168,11 @@ class DeclaredStack:
         from stackconfig.settings import parse
 
         prefix = f"{self.project}:"
-        return parse(self.stack, {k[len(prefix) :]: v for k, v in self.config.items() if k.startswith(prefix)})
+        return parse(
+            self.stack,
+            {k[len(prefix) :]: v for k, v in self.config.items() if k.startswith(prefix)},
+            {k[len(prefix) :] for k in self.secret_keys if k.startswith(prefix)},
+        )
 
 
 @dataclass(frozen=True)
@@ -247,6 +261,11 @@ def _mock_state(
         state["repoDigest"] = (image_ids or {}).get(image_name) or mock_image_id(inputs)
     elif type_ in (VOLUME, NETWORK):
         state.setdefault("name", name)
+    elif type_.startswith(KUBERNETES_PREFIX):
+        # The API server's answer: the object as sent (the program names every object).
+        metadata = state.setdefault("metadata", {})
+        if isinstance(metadata, dict):
+            metadata.setdefault("name", name)
     return f"{name}-id", state
 
 
@@ -289,7 +308,9 @@ class _Recorder:
         with self.lock:
             self.requests.append((urn, request))
 
-    def declared(self, project: str, stack: str, config: dict[str, str], outputs: dict[str, OutputValue]) -> DeclaredStack:
+    def declared(
+        self, project: str, stack: str, config: dict[str, str], outputs: dict[str, OutputValue], secret_keys: frozenset[str]
+    ) -> DeclaredStack:
         from pulumi.runtime import rpc
 
         with self.lock:
@@ -325,7 +346,9 @@ class _Recorder:
                     component_outputs=_plain(component_outputs.get(urn, {}), (), set()),
                 )
             )
-        return DeclaredStack(stack=stack, project=project, config=config, resources=tuple(resources), outputs=outputs)
+        return DeclaredStack(
+            stack=stack, project=project, config=config, resources=tuple(resources), outputs=outputs, secret_keys=secret_keys
+        )
 
 
 _RUN_LOCK = threading.Lock()  # the Pulumi runtime is process-global: one program run at a time
@@ -349,13 +372,16 @@ def attempt(
     stack: str,
     overrides: Mapping[str, object] | None = None,
     *,
+    secrets: Mapping[str, object] | None = None,
     project_root: Path = PROJECT_ROOT,
     preview: bool = False,
     image_ids: Mapping[str, str] | None = None,
 ) -> RunResult:
     """Run the program under mocks; never raises for a program error, returns it instead.
 
-    Useful to assert that a failing program registered nothing.
+    Useful to assert that a failing program registered nothing. `secrets`: more overrides, handed
+    over as keys set with `pulumi config set --secret` (stack files hold secrets encrypted, which
+    the mocks cannot read).
     """
     import pulumi
     from pulumi.runtime import settings as runtime_settings
@@ -369,7 +395,10 @@ def attempt(
             values.pop(key, None)
         else:
             values[key] = value
+    for key, value in (secrets or {}).items():
+        values[key] = value
     config = {f"{project}:{key}": _encode(value) for key, value in values.items()}
+    secret_keys = frozenset(f"{project}:{key}" for key in (secrets or {}))
 
     with _RUN_LOCK:
         _ensure_event_loop()
@@ -379,7 +408,7 @@ def attempt(
         runtime_settings.ROOT.set(None)
         set_mocks(recorder.mocks, project=project, stack=stack, preview=preview, monitor=recorder.monitor)
         runtime_settings.SETTINGS.outputs.clear()
-        pulumi.runtime.set_all_config(config)
+        pulumi.runtime.set_all_config(config, sorted(secret_keys))
         if str(project_root) not in sys.path:
             sys.path.insert(0, str(project_root))
 
@@ -404,7 +433,7 @@ def attempt(
             _sync_await(run_pulumi_func(resolve))
         except Exception as exc:
             error = exc
-        declared = recorder.declared(project, stack, config, outputs)
+        declared = recorder.declared(project, stack, config, outputs, secret_keys)
         runtime_settings.ROOT.set(None)
     return RunResult(declared=declared, error=error)
 
@@ -413,6 +442,7 @@ def run_program(
     stack: str,
     overrides: Mapping[str, object] | None = None,
     *,
+    secrets: Mapping[str, object] | None = None,
     project_root: Path = PROJECT_ROOT,
     preview: bool = False,
     image_ids: Mapping[str, str] | None = None,
@@ -421,7 +451,7 @@ def run_program(
 
     A program error (a `ConfigError` for bad config) is raised as it is.
     """
-    result = attempt(stack, overrides, project_root=project_root, preview=preview, image_ids=image_ids)
+    result = attempt(stack, overrides, secrets=secrets, project_root=project_root, preview=preview, image_ids=image_ids)
     if result.error is not None:
         raise result.error
     return result.declared
