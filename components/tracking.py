@@ -31,7 +31,8 @@ def allowed_hosts(settings: Settings) -> list[str]:
     return hosts
 
 
-def server_command(settings: Settings) -> list[str]:
+def server_command(settings: Settings, hosts: list[str] | None = None) -> list[str]:
+    """`mlflow server` as both targets run it; `hosts`: the allowed Host headers (default: the Docker target's)."""
     return [
         "mlflow",
         "server",
@@ -44,7 +45,7 @@ def server_command(settings: Settings) -> list[str]:
         "1",
         "--serve-artifacts",
         "--allowed-hosts",
-        ",".join(allowed_hosts(settings)),
+        ",".join(allowed_hosts(settings) if hosts is None else hosts),
     ]
 
 
