@@ -140,3 +140,12 @@ def test_kubernetes_defaults() -> None:
     other = attempt("cluster", {**IN_CLUSTER, "clusterDomain": "corp.example", "namespace": "ml"}).declared.settings().kubernetes
     assert other is not None
     assert other.dns_resolver == "kube-dns.kube-system.svc.corp.example" and not other.create_namespace
+
+
+def test_example_cluster_stack_uses_known_keys_with_schema_types() -> None:
+    types = {"string": str, "integer": int, "boolean": bool, "array": list}
+    _, values = read_stack_config("cluster")
+    for key, value in values.items():
+        assert key in settings.SCHEMA, f"Pulumi.cluster.yaml sets unknown key {key}"
+        declared = settings.SCHEMA[key].type
+        assert declared is None or isinstance(value, types[declared]), f"Pulumi.cluster.yaml: {key}={value!r}"
