@@ -258,7 +258,9 @@ def _mock_state(
         state["exitCode"] = 0
     elif type_ == IMAGE:
         image_name = str(state.get("imageName", name))
-        state["repoDigest"] = (image_ids or {}).get(image_name) or mock_image_id(inputs)
+        built = (image_ids or {}).get(image_name) or mock_image_id(inputs)
+        # A pushed image (the Kubernetes target's) is named by its registry digest, `repo@sha256:...`.
+        state["repoDigest"] = built if state.get("skipPush") else f"{image_name.rsplit(':', 1)[0]}@{built}"
     elif type_ in (VOLUME, NETWORK):
         state.setdefault("name", name)
     elif type_.startswith(KUBERNETES_PREFIX):
