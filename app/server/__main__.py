@@ -13,6 +13,7 @@ import uvicorn
 from app.server import config as config_mod
 from app.server import logs
 from app.server.asgi import ReplicaApp
+from app.server.manager import bound_mlflow_client
 
 log = logging.getLogger("app.server")
 
@@ -54,6 +55,7 @@ def main() -> int:
     except config_mod.ConfigError as exc:
         print(f"app.server: configuration error: {exc}", file=sys.stderr)
         return 2
+    bound_mlflow_client()
     logs.setup(cfg.instance_id, cfg.log_level)
     replica = ReplicaApp(cfg)
     # uvicorn stops accepting, lets open requests finish for this long, then runs the

@@ -232,9 +232,12 @@ class ReplicaApp:
     def state(self) -> str:
         if self.draining:
             return "draining"
-        if self.manager.current is None:
-            return "error" if self.manager.last_error is not None else "loading"
-        return "ready" if self.manager.last_error is None else "degraded"
+        mgr = self.manager
+        if mgr.current is None:
+            return "error" if mgr.last_error is not None else "loading"
+        # Serving, but unable to follow the alias (its version failed to load, or the registry
+        # cannot be polled): degraded. Readiness stays: the version that serves still answers.
+        return "ready" if mgr.last_error is None and mgr.registry.ok is not False else "degraded"
 
     def _health(self) -> tuple[int, bytes, bytes, list[tuple[bytes, bytes]]]:
         mgr = self.manager
@@ -257,7 +260,8 @@ class ReplicaApp:
             "device": cur.device if cur else None,
             "device_requested": self.cfg.device,
             "last_error": {"version": err.version, "message": err.message, "at": err.at} if err else None,
-            "last_registry_check": mgr.last_check,
+            "last_registry_check": mgr.registry.last_success_at,
+            "registry": mgr.registry.as_dict(),
             "pending": self.pending,
         }
         return 200, orjson.dumps(doc), _H_JSON, []

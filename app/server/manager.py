@@ -3,16 +3,18 @@
 Loading runs in its own thread, beside the version that serves; the swap is one
 reference assignment on the event loop, so a request sees either the old or the new
 version, never a mix. A failed load or warm-up leaves the old version serving and is
-reported in /health and /metrics.
+reported in /health and /metrics. So is a registry that cannot be polled: the replica
+keeps serving what it has, and /health says since when it cannot see the alias.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -37,12 +39,46 @@ log = logging.getLogger("app.server.manager")
 BACKOFF_START_S = 0.5
 BACKOFF_MAX_S = 30.0
 
+# MLflow's HTTP client retries a refused or failed request with exponential backoff for
+# minutes by default (7 retries, backoff factor 2, 120 s timeout): a poll of a stopped
+# registry then hangs in those retries and reports nothing (measured: /health said `ready`,
+# no error, 30 s into an outage). The poll loop has its own retries with backoff, so each
+# MLflow call gets one attempt, bounded in time; a model download that fails is retried by
+# the same loop. Set by the replica process for itself; a value already in the environment wins.
+MLFLOW_CLIENT_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
+
+
+def bound_mlflow_client(env: MutableMapping[str, str] = os.environ) -> None:
+    for name, value in MLFLOW_CLIENT_ENV.items():
+        env.setdefault(name, value)
+
 
 @dataclass
 class LoadError:
     version: str | None
     message: str
     at: float
+
+
+@dataclass
+class RegistryState:
+    """What the polls of the registry have seen (times are Unix seconds)."""
+
+    ok: bool | None = None  # whether the last poll resolved the alias; None: no poll finished yet
+    last_success_at: float | None = None
+    last_error: str | None = None  # kept after a recovery, with its time: the last outage's cause
+    last_error_at: float | None = None
+    failing_since: float | None = None  # first failure of the current run of failures
+    consecutive_failures: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "last_success_at": self.last_success_at,
+            "last_error": {"message": self.last_error, "at": self.last_error_at} if self.last_error else None,
+            "failing_since": self.failing_since,
+            "consecutive_failures": self.consecutive_failures,
+        }
 
 
 class ModelManager:
@@ -53,8 +89,8 @@ class ModelManager:
         self.loader = loader
         self.current: model_mod.LoadedModel | None = None
         self.last_error: LoadError | None = None
-        self.last_check: float | None = None
         self.alias_version: str | None = None
+        self.registry = RegistryState()
         self._failed_version: str | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-loader")
         self._task: asyncio.Task[None] | None = None
@@ -76,9 +112,11 @@ class ModelManager:
         try:
             version = await loop.run_in_executor(self._pool, self._resolve_alias)
         except Exception as exc:  # noqa: BLE001 - registry unreachable, alias missing...
-            self._fail(None, f"cannot resolve {self.cfg.model_uri}: {exc}")
+            message = f"cannot resolve {self.cfg.model_uri}: {exc}"
+            self._registry_failed(message)
+            self._fail(None, message)
             return False
-        self.last_check = time.time()
+        self._registry_answered()
         self.alias_version = version
         cur = self.current
         if cur is not None and cur.version == version:
@@ -116,12 +154,35 @@ class ModelManager:
             if gone.local_dir:
                 shutil.rmtree(gone.local_dir, ignore_errors=True)
 
+    def _registry_failed(self, message: str) -> None:
+        reg = self.registry
+        now = time.time()
+        if reg.consecutive_failures == 0:
+            reg.failing_since = now
+        reg.ok = False
+        reg.consecutive_failures += 1
+        reg.last_error, reg.last_error_at = message, now
+        self.metrics.registry_poll_failed()
+
+    def _registry_answered(self) -> None:
+        reg = self.registry
+        now = time.time()
+        if reg.consecutive_failures:
+            log.info("registry answers again", extra={"failed_polls": reg.consecutive_failures,
+                                                      "failing_for_s": round(now - (reg.failing_since or now), 3)})
+        reg.ok = True
+        reg.last_success_at = now
+        reg.failing_since = None
+        reg.consecutive_failures = 0
+        self.metrics.registry_poll_succeeded(now)
+
     def _fail(self, version: str | None, message: str) -> None:
         self.last_error = LoadError(version, message, time.time())
         self.metrics.load_failures.inc()
         self._failed_version = version
-        log.warning("model load failed", extra={"error": message,
-                                                "serving_version": self.current.version if self.current else None})
+        log.warning("model load failed" if version is not None else "registry poll failed",
+                    extra={"error": message, "serving_version": self.current.version if self.current else None,
+                           "consecutive_poll_failures": self.registry.consecutive_failures})
 
     async def run(self) -> None:
         """Poll forever: backoff while nothing or something broken is pending, else the interval."""

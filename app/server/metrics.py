@@ -80,6 +80,12 @@ class Metrics:
         self.load_seconds = Histogram(f"{PREFIX}_model_load_seconds", "Time to load and warm up a version.",
                                       buckets=(0.5, 1, 2, 5, 10, 30, 60, 120, 300), registry=r)
         self.swaps = Counter(f"{PREFIX}_model_swaps", "Version changes while serving (promotions).", registry=r)
+        self.registry_poll_failures = Counter(f"{PREFIX}_registry_poll_failures",
+                                              "Polls of the registry that could not resolve the alias.", registry=r)
+        self.registry_poll_ok = Gauge(f"{PREFIX}_registry_poll_ok",
+                                      "1 when the last poll of the registry resolved the alias, else 0.", registry=r)
+        self.registry_last_success = Gauge(f"{PREFIX}_registry_last_success_timestamp_seconds",
+                                           "Unix time of the last poll that resolved the alias.", registry=r)
         self.info = Gauge(f"{PREFIX}_info", "Static facts about this replica.", ["instance_id", "model", "alias"],
                           registry=r)
         self.info.labels(instance_id, model_name, alias).set(1)
@@ -96,6 +102,14 @@ class Metrics:
         except ValueError:
             pass
         self.load_seconds.observe(seconds)
+
+    def registry_poll_failed(self) -> None:
+        self.registry_poll_failures.inc()
+        self.registry_poll_ok.set(0)
+
+    def registry_poll_succeeded(self, at: float) -> None:
+        self.registry_poll_ok.set(1)
+        self.registry_last_success.set(at)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

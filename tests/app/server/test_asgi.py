@@ -14,6 +14,7 @@ import pytest
 from app import contract
 from app.server import config as config_mod
 from app.server.asgi import ReplicaApp
+from app.server.manager import RegistryState
 from app.server.model import Answer, NotFast
 
 from .helpers import BASE_ENV
@@ -45,8 +46,8 @@ class _FakeManager:
     def __init__(self, model: Any) -> None:
         self.current = model
         self.last_error = None
-        self.last_check = None
         self.alias_version = None
+        self.registry = RegistryState()
 
     def start(self) -> None:
         pass
@@ -207,3 +208,35 @@ def test_any_exception_in_a_request_is_logged_and_answered_as_json_500(caplog: p
     assert 'mlserve_replica_requests_total{route="/health",status="500"} 1.0' in metrics
     failed = [rec for rec in caplog.records if rec.exc_info and rec.exc_info[0] is RuntimeError]
     assert failed and failed[0].levelno == logging.ERROR
+
+
+def test_health_shows_the_registry_and_a_failing_one_degrades_but_keeps_ready() -> None:
+    mgr = _FakeManager(_FakeModel())
+    cfg = config_mod.from_env({**BASE_ENV, contract.ENV_INSTANCE_ID: "r-test"})
+    app = ReplicaApp(cfg, manager=mgr)  # type: ignore[arg-type]
+
+    async def get(path: str) -> httpx.Response:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+            return await c.get(path)
+
+    async def scenario() -> None:
+        await app.startup()
+        try:
+            mgr.registry = RegistryState(ok=True, last_success_at=100.0)
+            h = (await get(contract.ROUTE_HEALTH)).json()
+            assert h["state"] == "ready" and h["last_registry_check"] == 100.0
+            assert h["registry"] == {"ok": True, "last_success_at": 100.0, "last_error": None, "failing_since": None,
+                                     "consecutive_failures": 0}
+            mgr.registry = RegistryState(ok=False, last_success_at=100.0, last_error="refused", last_error_at=130.0,
+                                         failing_since=110.0, consecutive_failures=3)
+            h = (await get(contract.ROUTE_HEALTH)).json()
+            assert h["state"] == "degraded"
+            assert h["registry"] == {"ok": False, "last_success_at": 100.0,
+                                     "last_error": {"message": "refused", "at": 130.0},
+                                     "failing_since": 110.0, "consecutive_failures": 3}
+            ready = await get(contract.ROUTE_READY)
+            assert ready.status_code == 200 and ready.json() == {"ready": True, "state": "degraded"}
+        finally:
+            await app.shutdown()
+
+    _run(scenario())
