@@ -29,12 +29,12 @@ another modelAlias, new resource limits)
     - replica-0 depends on the demo-model job (or the MLflow server), replica-i on
       replica-(i-1); each named group has its own chain from the same start, so groups
       roll side by side and never wait for (or change) one another; every replica has a healthcheck on /ready, `wait=True` and
-      `wait_timeout=WAIT_TIMEOUT_S`. An image change therefore replaces replica-0, waits
+      `wait_timeout=wait_timeout_s(settings)` (modelLoadTimeoutSeconds plus a probe). An image change therefore replaces replica-0, waits
       until the new one is ready, then replica-1, and so on: at most one replica is down
       at any time, and nginx (max_fails, proxy_next_upstream) routes around it.
     What it does not do, and the costs
     - The first `pulumi up` creates replicas one after another too (N x start time).
-    - If a new replica does not become healthy within WAIT_TIMEOUT_S, the update stops
+    - If a new replica does not become healthy within wait_timeout_s, the update stops
       with that one replica down and the others untouched (still on the old image);
       fix and run `pulumi up` again.
     - Scaling up adds replicas at the end of the chain and touches no existing one;
@@ -60,15 +60,23 @@ from components.common import REPLICA_PROBE, healthcheck, service_container, typ
 from stackconfig.names import ROLE_REPLICA, container_name, replica_resource, weight_alias
 from stackconfig.settings import GpuSettings, ReplicaGroup, Settings
 
-# Longest time a replica may take from create to ready (model download and load) before
-# `pulumi up` gives up on it. Also bounds how long a rollout waits per replica.
-WAIT_TIMEOUT_S = 600
-# Docker does not count failed probes during the start period, and with start_interval
-# it probes every 2 s meanwhile, so a quick start is seen quickly.
-START_PERIOD_S = 120
 # The replica image's HEALTHCHECK uses the same probe and timings (a test compares them).
 HEALTH_INTERVAL_S = 10
 HEALTH_TIMEOUT_S = 5
+
+
+def start_period_s(settings: Settings) -> int:
+    """The healthcheck's start period: modelLoadTimeoutSeconds. Docker does not count failed
+    probes during it, and with start_interval it probes every 2 s meanwhile, so a quick start
+    is seen quickly."""
+    return settings.serving.model_load_timeout_s
+
+
+def wait_timeout_s(settings: Settings) -> int:
+    """How long `pulumi up` waits for a new replica to be healthy (and a rollout per replica):
+    the model load timeout, plus one probe interval and timeout for the probe that sees it
+    ready (below Docker 25, start_interval is ignored and probes come every interval)."""
+    return settings.serving.model_load_timeout_s + HEALTH_INTERVAL_S + HEALTH_TIMEOUT_S
 HEALTH_RETRIES = 3
 STOP_MARGIN_S = 5
 NVIDIA_DRIVER = "nvidia"
@@ -155,9 +163,9 @@ class ModelReplicas(pulumi.ComponentResource):
                         interval_s=HEALTH_INTERVAL_S,
                         timeout_s=HEALTH_TIMEOUT_S,
                         retries=HEALTH_RETRIES,
-                        start_period_s=START_PERIOD_S,
+                        start_period_s=start_period_s(settings),
                     ),
-                    wait_timeout_s=WAIT_TIMEOUT_S,
+                    wait_timeout_s=wait_timeout_s(settings),
                     stop_grace_s=stop_s,
                     opts=pulumi.ResourceOptions(parent=self, depends_on=previous),
                 )

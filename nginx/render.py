@@ -202,10 +202,16 @@ def _percent(share: float) -> str:
     return f"{share:.2f}".rstrip("0").rstrip(".") + "%"
 
 
+def _by_name(groups: tuple[ReplicaGroup, ...]) -> list[ReplicaGroup]:
+    """Named groups in name order: where a group stands in the config list changes nothing
+    (neither the text, which would replace the balancer, nor who lands in which group)."""
+    return sorted(groups, key=lambda g: g.name)
+
+
 def _canary_split(settings: Settings) -> list[str]:
     """`split_clients` choosing each request's upstream: a canary's share, the default group the
     rest. Empty when no canary takes traffic (the default group's upstream is named directly)."""
-    canaries = [g for g in settings.groups_of_role(GROUP_CANARY) if g.traffic_percent > 0]
+    canaries = [g for g in _by_name(settings.groups_of_role(GROUP_CANARY)) if g.traffic_percent > 0]
     if not canaries:
         return []
     lines: list[str] = []
@@ -223,7 +229,7 @@ def _canary_split(settings: Settings) -> list[str]:
 
 
 def _mirrored(settings: Settings) -> list[ReplicaGroup]:
-    return [g for g in settings.groups_of_role(GROUP_SHADOW) if g.mirror_percent > 0]
+    return [g for g in _by_name(settings.groups_of_role(GROUP_SHADOW)) if g.mirror_percent > 0]
 
 
 def _mirror_var(group: ReplicaGroup) -> str:
@@ -361,7 +367,7 @@ def render(settings: Settings) -> str:
         *(f"    {line}" for line in _mirror_splits(settings)),
         *(["    limit_conn_zone $uri zone=mlserve_mirrors:1m;"] if shadows else []),
     ]
-    for group in settings.groups:
+    for group in [settings.default_group, *_by_name(settings.groups[1:])]:
         lines += ["", *(f"    {line}" for line in _upstream(settings, group))]
     lines += [
         "",

@@ -31,6 +31,9 @@ MIN_MEMORY_MB = 512
 MIN_SHM_MB = 64
 GPU_MODES = ("none", "all", "count", "devices")
 BALANCER_ALGORITHMS = ("round_robin", "least_conn")
+# nginx waits this much longer than a replica may score, so that the replica's own 504
+# (JSON, with the request id) reaches the client rather than nginx's.
+READ_TIMEOUT_MARGIN_S = 1
 
 # Roles of replica groups. The default group is the primary: it answers every request no
 # canary takes. A canary answers a fixed share of requests; a shadow answers none (nginx
@@ -123,6 +126,11 @@ class ServingSettings:
     max_body_mb: int
     shutdown_grace_s: int
     predict_kernels: bool
+    # One set of limits, end to end (see `_limits`): the replica answers 504 past the scoring
+    # timeout; nginx's read timeout (BalancerSettings) is never shorter; the model load timeout
+    # is the healthcheck's start period and bounds a rollout's wait per replica.
+    scoring_timeout_s: int
+    model_load_timeout_s: int
 
 
 @dataclass(frozen=True)
@@ -133,7 +141,7 @@ class BalancerSettings:
     max_fails: int
     fail_timeout_s: int
     connect_timeout_s: int
-    read_timeout_s: int
+    read_timeout_s: int  # balancerReadTimeoutSeconds, or derived from the scoring timeout
 
 
 @dataclass(frozen=True)
@@ -430,6 +438,36 @@ def _percent(key: str, value: Any) -> float:
     if abs(scaled - round(scaled)) > 1e-6:
         raise ConfigError(key, f"must be {what}, got {value!r}")
     return round(number, SHARE_DECIMALS)
+
+
+def _read_timeout(value: Any, serving: ServingSettings) -> int:
+    """nginx's proxy read timeout: as set, or the scoring timeout plus READ_TIMEOUT_MARGIN_S."""
+    least = serving.scoring_timeout_s + READ_TIMEOUT_MARGIN_S
+    if value is None:
+        return least
+    read = _int("balancerReadTimeoutSeconds", value, 1, 3600)
+    if read < least:
+        raise ConfigError(
+            "balancerReadTimeoutSeconds",
+            f"must be at least scoringTimeoutSeconds + {READ_TIMEOUT_MARGIN_S} = {least}, so that a replica's own 504 "
+            f"answer arrives before nginx gives up; got {read} (leave it unset to derive it)",
+        )
+    return read
+
+
+def _limits(serving: ServingSettings) -> None:
+    """Limits that contradict each other fail, naming the key to change."""
+    if serving.shutdown_grace_s < serving.scoring_timeout_s:
+        raise ConfigError(
+            "shutdownGraceSeconds",
+            f"must be at least scoringTimeoutSeconds ({serving.scoring_timeout_s}), so that a draining replica can finish "
+            f"a request it admitted; got {serving.shutdown_grace_s}",
+        )
+    if serving.max_batch_wait_ms >= serving.scoring_timeout_s * 1000:
+        raise ConfigError(
+            "maxBatchWaitMs",
+            f"must be shorter than scoringTimeoutSeconds ({serving.scoring_timeout_s} s); got {serving.max_batch_wait_ms:g} ms",
+        )
 
 
 def _group(index: int, entry: Any, top: Callable[[str], Any], model_name: str) -> ReplicaGroup:
@@ -780,6 +818,8 @@ def parse(stack: str, raw: Mapping[str, Any], secret_keys: Collection[str] = ())
         max_body_mb=_int("maxBodyMb", get("maxBodyMb"), 1, 1024),
         shutdown_grace_s=_int("shutdownGraceSeconds", get("shutdownGraceSeconds"), 1, 3600),
         predict_kernels=_bool("predictKernels", get("predictKernels")),
+        scoring_timeout_s=_int("scoringTimeoutSeconds", get("scoringTimeoutSeconds"), 1, 3600),
+        model_load_timeout_s=_int("modelLoadTimeoutSeconds", get("modelLoadTimeoutSeconds"), 10, 7200),
     )
     balancer = BalancerSettings(
         port=_int("balancerPort", get("balancerPort"), 1, 65535),
@@ -788,8 +828,9 @@ def parse(stack: str, raw: Mapping[str, Any], secret_keys: Collection[str] = ())
         max_fails=_int("balancerMaxFails", get("balancerMaxFails"), 1, 100),
         fail_timeout_s=_int("balancerFailTimeoutSeconds", get("balancerFailTimeoutSeconds"), 1, 3600),
         connect_timeout_s=_int("balancerConnectTimeoutSeconds", get("balancerConnectTimeoutSeconds"), 1, 600),
-        read_timeout_s=_int("balancerReadTimeoutSeconds", get("balancerReadTimeoutSeconds"), 1, 3600),
+        read_timeout_s=_read_timeout(get("balancerReadTimeoutSeconds"), serving),
     )
+    _limits(serving)
     images = Images(
         mysql=_image("mysqlImage", get("mysqlImage")),
         minio=_image("minioImage", get("minioImage")),

@@ -46,7 +46,7 @@ NGINX_ADDRESS = "127.0.0.5"
 REQUESTS = 50
 DEADLINE_S = 20.0
 # Small limits, so that the error cases are quick to provoke.
-SCENARIO_CONFIG = {"maxBodyMb": "1", "balancerReadTimeoutSeconds": "1"}
+SCENARIO_CONFIG = {"maxBodyMb": "1", "scoringTimeoutSeconds": "1", "balancerReadTimeoutSeconds": "2"}
 HANG_S = 2.5  # longer than the read timeout above
 SEEN_REQUEST_ID = "X-Seen-Request-ID"
 # Set: every stand-in replica drops its connections as a dead process's would be.

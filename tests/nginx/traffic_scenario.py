@@ -40,7 +40,7 @@ from dnslib.server import BaseResolver, DNSLogger, DNSServer  # noqa: E402
 from app import contract  # noqa: E402
 from nginx.render import RESOLVER_ADDRESS, STATUS_DIR, render  # noqa: E402
 from stackconfig.names import weight_alias  # noqa: E402
-from stackconfig.settings import GROUP_CANARY, GROUP_SHADOW, DEFAULT_GROUP, parse  # noqa: E402
+from stackconfig.settings import DEFAULT_GROUP, GROUP_CANARY, GROUP_SHADOW, parse  # noqa: E402
 
 NGINX_ADDRESS = "127.0.0.5"
 DEADLINE_S = 20.0

@@ -8,7 +8,7 @@ import pytest
 
 from app import contract
 from app.server import probe
-from components.replicas import START_PERIOD_S, WAIT_TIMEOUT_S
+from components.replicas import HEALTH_INTERVAL_S, HEALTH_TIMEOUT_S
 from mockrun import CONTAINER_TYPE, DeclaredStack, run_program
 from tests.program.helpers import env_map
 
@@ -39,7 +39,8 @@ def test_replica_container(any_stack: DeclaredStack) -> None:
         # The image's probe module, which finds the replica's port in the container's env.
         assert inputs["healthcheck"]["tests"] == ["CMD", "python", "-m", contract.PROBE_MODULE]
         assert probe.ready_url(env) == f"http://127.0.0.1:{contract.REPLICA_PORT}{contract.ROUTE_READY}"
-        assert inputs["healthcheck"]["startPeriod"] == f"{START_PERIOD_S}s"
+        # modelLoadTimeoutSeconds (default 120) is the start period.
+        assert inputs["healthcheck"]["startPeriod"] == "120s"
         assert inputs["restart"] == "unless-stopped"
         assert inputs["destroyGraceSeconds"] == 35 and inputs["stopTimeout"] == 35
         assert inputs["memorySwap"] == inputs["memory"]
@@ -122,7 +123,7 @@ def test_replicas_roll_one_at_a_time(any_stack: DeclaredStack) -> None:
         assert previous.name in replica.depends_on
         assert [d for d in replica.depends_on if re.fullmatch(r"replica-\d+", d)] == [previous.name]
     for replica in replicas:
-        assert replica.inputs["wait"] is True and replica.inputs["waitTimeout"] == WAIT_TIMEOUT_S
+        assert replica.inputs["wait"] is True and replica.inputs["waitTimeout"] == 120 + HEALTH_INTERVAL_S + HEALTH_TIMEOUT_S
         assert replica.inputs["healthcheck"]["tests"]
 
 
