@@ -28,3 +28,5 @@ else:
     pulumi.export("mysqlRootPassword", pulumi.Output.secret(stack.metadata.root_password))
     pulumi.export("minioAccessKey", stack.artifacts.access_key)
     pulumi.export("minioSecretKey", pulumi.Output.secret(stack.artifacts.secret_key))
+    # name -> key of every API key /invocations accepts (`pulumi stack output --show-secrets apiKeys`).
+    pulumi.export("apiKeys", stack.balancer.api_keys)

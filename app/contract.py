@@ -14,6 +14,8 @@ MLFLOW_PORT = 5000
 MYSQL_PORT = 3306
 MINIO_PORT = 9000
 BALANCER_PORT = 80
+# The entry's port inside the container when the stack terminates TLS (then the only entry).
+BALANCER_TLS_PORT = 443
 BALANCER_STATUS_PORT = 8081
 # nginx's internal relay of mirrored (shadow) requests; never published.
 BALANCER_MIRROR_PORT = 8082
@@ -76,6 +78,13 @@ IMAGE_WORKDIR = "/srv"
 # produced it (load tests attribute answers with them). X-Request-ID is echoed.
 HEADER_INSTANCE_ID = "X-Instance-ID"
 HEADER_MODEL_VERSION = "X-Model-Version"
+HEADER_MODEL_NAME = "X-Model-Name"
+HEADER_MODEL_ALIAS = "X-Model-Alias"
 HEADER_REQUEST_ID = "X-Request-ID"
 # Set by the balancer on the copies of requests it mirrors to a shadow group.
 HEADER_MIRRORED = "X-Mlserve-Mirrored"
+# Set by the balancer: the name (never the value) of the API key a request came with.
+HEADER_API_KEY_NAME = "X-Mlserve-Api-Key-Name"
+# Where a client may put its API key (the balancer strips both before a replica sees them).
+HEADER_AUTHORIZATION = "Authorization"  # "Bearer <key>"
+HEADER_API_KEY = "X-API-Key"

@@ -44,7 +44,8 @@ def docker_host_name(settings: Settings) -> str:
 def entry_url(settings: Settings) -> str:
     ip = settings.balancer.bind_ip
     host = docker_host_name(settings) if ip == "0.0.0.0" else ip
-    return f"http://{host}:{settings.balancer.port}"
+    scheme = "http" if settings.balancer.tls is None else "https"
+    return f"{scheme}://{host}:{settings.balancer.port}"
 
 
 def mlflow_url(settings: Settings) -> str:

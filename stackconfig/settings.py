@@ -54,6 +54,10 @@ GROUP_FIELDS = ("name", "role", "alias", "replicas", "weights", "trafficPercent"
 # valid Docker, DNS (Kubernetes) and nginx names.
 _GROUP_NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,19}$")
 _HEADER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,63}$")
+_KEY_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
+_ORIGIN_RE = re.compile(r"^https?://[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:\d{1,5})?$")
+# Highest rate limit, requests per second.
+MAX_RATE = 1_000_000
 
 T = TypeVar("T")
 
@@ -134,6 +138,23 @@ class ServingSettings:
 
 
 @dataclass(frozen=True)
+class TlsSettings:
+    certificate: SecretValue  # PEM, the chain the balancer presents
+    key: SecretValue  # PEM private key; Pulumi.yaml marks it `secret`
+
+
+@dataclass(frozen=True)
+class AccessSettings:
+    """Who may call /invocations, how often, and from which web origins."""
+
+    api_keys: tuple[str, ...]  # key names; the keys themselves are generated (pulumi-random). Empty: open.
+    rate_per_key: int | None  # requests per second per API key; None: no limit
+    rate_per_client: int | None  # requests per second per client address; None: no limit
+    burst: int | None  # requests above the rate accepted at once; None: one second's worth
+    cors_origins: tuple[str, ...]  # origins allowed to call from a browser; empty: none
+
+
+@dataclass(frozen=True)
 class BalancerSettings:
     port: int  # published on the host
     bind_ip: str
@@ -142,6 +163,8 @@ class BalancerSettings:
     fail_timeout_s: int
     connect_timeout_s: int
     read_timeout_s: int  # balancerReadTimeoutSeconds, or derived from the scoring timeout
+    access: AccessSettings
+    tls: TlsSettings | None  # None: plain HTTP
 
 
 @dataclass(frozen=True)
@@ -453,6 +476,53 @@ def _read_timeout(value: Any, serving: ServingSettings) -> int:
             f"answer arrives before nginx gives up; got {read} (leave it unset to derive it)",
         )
     return read
+
+
+def _access(get: Callable[[str], Any]) -> AccessSettings:
+    raw_keys = get("apiKeys")
+    names: tuple[str, ...] = ()
+    if raw_keys is not None:
+        if not isinstance(raw_keys, list):
+            raise ConfigError("apiKeys", f"must be a list of key names, got {raw_keys!r}")
+        for name in raw_keys:
+            if not isinstance(name, str) or not _KEY_NAME_RE.match(name):
+                raise ConfigError("apiKeys", f"entries must be key names of 1-32 lowercase letters, digits and -, starting with a letter; got {name!r}")
+        if len(set(raw_keys)) != len(raw_keys):
+            raise ConfigError("apiKeys", f"must not repeat a name, got {raw_keys}")
+        names = tuple(raw_keys)
+    per_key = None if get("rateLimitPerKey") is None else _int("rateLimitPerKey", get("rateLimitPerKey"), 1, MAX_RATE)
+    per_client = None if get("rateLimitPerClient") is None else _int("rateLimitPerClient", get("rateLimitPerClient"), 1, MAX_RATE)
+    burst = None if get("rateLimitBurst") is None else _int("rateLimitBurst", get("rateLimitBurst"), 0, MAX_RATE)
+    if per_key is not None and not names:
+        raise ConfigError("rateLimitPerKey", "limits requests per API key, and apiKeys names none (set apiKeys, or use rateLimitPerClient)")
+    if burst is not None and per_key is None and per_client is None:
+        raise ConfigError("rateLimitBurst", "is the burst of a rate limit, and neither rateLimitPerKey nor rateLimitPerClient is set")
+    raw_origins = get("corsOrigins")
+    origins: tuple[str, ...] = ()
+    if raw_origins is not None:
+        if not isinstance(raw_origins, list):
+            raise ConfigError("corsOrigins", f"must be a list of origins such as https://app.example.com, got {raw_origins!r}")
+        for origin in raw_origins:
+            if not isinstance(origin, str) or not _ORIGIN_RE.match(origin):
+                raise ConfigError("corsOrigins", f"entries must be origins (scheme://host[:port], lowercase, no path), got {origin!r}")
+        if len(set(raw_origins)) != len(raw_origins):
+            raise ConfigError("corsOrigins", f"must not repeat an origin, got {raw_origins}")
+        origins = tuple(raw_origins)
+    return AccessSettings(api_keys=names, rate_per_key=per_key, rate_per_client=per_client, burst=burst, cors_origins=origins)
+
+
+def _tls(certificate: Any, key: Any) -> TlsSettings | None:
+    if certificate is None and key is None:
+        return None
+    if certificate is None or key is None:
+        missing = "tlsCertificate" if certificate is None else "tlsKey"
+        raise ConfigError(missing, "must be set too: TLS needs a certificate and its key (or neither, for plain HTTP)")
+    # Messages name the key and the expected form, never the value (the key is a secret).
+    if not isinstance(certificate, str) or "-----BEGIN CERTIFICATE-----" not in certificate:
+        raise ConfigError("tlsCertificate", "must be a PEM certificate (-----BEGIN CERTIFICATE-----...), for example set from a file: pulumi config set tlsCertificate < cert.pem")
+    if not isinstance(key, str) or not re.search(r"-----BEGIN (RSA |EC )?PRIVATE KEY-----", key):
+        raise ConfigError("tlsKey", "must be a PEM private key (-----BEGIN PRIVATE KEY-----...), set as a secret: pulumi config set --secret tlsKey < key.pem")
+    return TlsSettings(certificate=SecretValue(certificate), key=SecretValue(key))
 
 
 def _limits(serving: ServingSettings) -> None:
@@ -829,6 +899,8 @@ def parse(stack: str, raw: Mapping[str, Any], secret_keys: Collection[str] = ())
         fail_timeout_s=_int("balancerFailTimeoutSeconds", get("balancerFailTimeoutSeconds"), 1, 3600),
         connect_timeout_s=_int("balancerConnectTimeoutSeconds", get("balancerConnectTimeoutSeconds"), 1, 600),
         read_timeout_s=_read_timeout(get("balancerReadTimeoutSeconds"), serving),
+        access=_access(get),
+        tls=_tls(get("tlsCertificate"), get("tlsKey")),
     )
     _limits(serving)
     images = Images(

