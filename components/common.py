@@ -8,6 +8,7 @@ tells containers apart.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import pulumi
 import pulumi_docker as docker
@@ -167,3 +168,29 @@ def one_shot_job(
         ),
         opts=opts,
     )
+
+
+class JobFailed(RuntimeError):
+    """A one-shot job exited with a non-zero code (or none): what waits for it must not go on."""
+
+
+def after_success(job: docker.Container, value: pulumi.Input[str]) -> pulumi.Output[str]:
+    """`value`, once `job` has exited 0; otherwise the program stops with JobFailed before the
+    resource taking the value is registered, so Pulumi neither creates nor replaces it.
+
+    Needed because pulumi-docker's create of an attached container waits for the container to
+    end but ignores how it ended: the upstream provider (terraform-provider-docker,
+    resource_docker_container_funcs.go) discards ContainerWait's status and only reads the exit
+    code back into `exit_code`. A failed job would otherwise let its dependents go ahead."""
+    name = job.name
+
+    def check(args: list[Any]) -> Any:
+        value, code, container = args
+        if code != 0:
+            raise JobFailed(
+                f"one-shot container {container} exited with {code}; what waits for it was left as it was "
+                f"(see `docker logs {container}`)"
+            )
+        return value
+
+    return pulumi.Output.all(value, job.exit_code, name).apply(check)

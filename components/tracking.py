@@ -1,4 +1,15 @@
-"""The MLflow tracking server and model registry: MySQL backend, artifacts proxied to MinIO."""
+"""The MLflow tracking server and model registry: MySQL backend, artifacts proxied to MinIO.
+
+Gated schema upgrades. Before the server container is created (first deploy, or a new MLflow
+image: pulumi-docker replaces a container delete-before-replace), a one-shot job runs
+`mlflow db upgrade` with the new image, and the server's image input is only known once that
+job exited 0 (`common.after_success`). The job is named after the image tag
+(`mlflow-db-upgrade-<imageTag>`), so a new tag is a new job, run before the server is touched.
+If the migration fails, the program stops before it registers the server: the engine neither
+deletes nor replaces the old one, which keeps running on the schema it knows (back the
+database up before bumping MLflow: a half-done migration is MLflow's to recover from). On an
+empty database the job creates the schema.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +17,8 @@ import pulumi
 import pulumi_docker as docker
 
 from app import contract
-from components.common import healthcheck, python_http_probe, service_container, type_token
-from stackconfig.names import MLFLOW_PRIVATE_URL, ROLE_MLFLOW
+from components.common import after_success, healthcheck, one_shot_job, python_http_probe, service_container, type_token
+from stackconfig.names import MLFLOW_PRIVATE_URL, ROLE_DB_UPGRADE, ROLE_MLFLOW
 from stackconfig.settings import Settings
 
 # The server answers /health before the API is usable only for a moment; schema creation
@@ -15,6 +26,15 @@ from stackconfig.settings import Settings
 START_PERIOD_S = 60
 # The MLflow image's HEALTHCHECK runs the same command with the same timings (a test compares).
 HEALTH_TEST = python_http_probe(contract.MLFLOW_PORT, contract.ROUTE_HEALTH)
+
+
+# The backend URI carries the database password: from the (secret) environment, never the argv.
+DB_UPGRADE_COMMAND = ["sh", "-c", 'exec mlflow db upgrade "$MLFLOW_BACKEND_STORE_URI"']
+
+
+def db_upgrade_resource(settings: Settings) -> str:
+    """Named by the image tag: a new tag is a new job, run before the new server."""
+    return f"mlflow-db-upgrade-{settings.images.app_tag}"
 
 
 def allowed_hosts(settings: Settings) -> list[str]:
@@ -52,6 +72,7 @@ def server_command(settings: Settings, hosts: list[str] | None = None) -> list[s
 class TrackingServer(pulumi.ComponentResource):
     url: str  # on the private network
     container: docker.Container
+    db_upgrade: docker.Container
 
     def __init__(
         self,
@@ -81,6 +102,16 @@ class TrackingServer(pulumi.ComponentResource):
                 "MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false",
             ]
         )
+        self.db_upgrade = one_shot_job(
+            db_upgrade_resource(settings),
+            stack=settings.stack,
+            role=ROLE_DB_UPGRADE,
+            image=image,
+            command=DB_UPGRADE_COMMAND,
+            envs=pulumi.Output.secret(pulumi.Output.from_input(backend_uri).apply(lambda uri: [f"MLFLOW_BACKEND_STORE_URI={uri}"])),
+            network=network,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=depends_on),
+        )
         ports = (
             [docker.ContainerPortArgs(internal=contract.MLFLOW_PORT, external=settings.mlflow_ui_port, ip="127.0.0.1")]
             if settings.mlflow_ui_port is not None
@@ -90,7 +121,8 @@ class TrackingServer(pulumi.ComponentResource):
             "mlflow",
             stack=settings.stack,
             role=ROLE_MLFLOW,
-            image=image,
+            # Known only once the migration exited 0: a failed one stops here.
+            image=after_success(self.db_upgrade, image),
             command=server_command(settings),
             envs=pulumi.Output.secret(envs),
             ports=ports,
@@ -98,6 +130,6 @@ class TrackingServer(pulumi.ComponentResource):
             aliases=[contract.MLFLOW_HOST],
             health=healthcheck(HEALTH_TEST, start_period_s=START_PERIOD_S),
             wait_timeout_s=START_PERIOD_S + 120,
-            opts=pulumi.ResourceOptions(parent=self, depends_on=depends_on),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[*depends_on, self.db_upgrade]),
         )
         self.register_outputs({"container": self.container.name, "url": self.url})

@@ -240,12 +240,17 @@ def mock_image_id(inputs: Mapping[str, Any]) -> str:
 
 
 def _mock_state(
-    type_: str, name: str, inputs: dict[str, Any], image_ids: Mapping[str, str] | None = None
+    type_: str,
+    name: str,
+    inputs: dict[str, Any],
+    image_ids: Mapping[str, str] | None = None,
+    exit_codes: Mapping[str, int] | None = None,
 ) -> tuple[str, dict[str, Any]]:
     """Outputs a provider would add. Secrets are returned wrapped so that they stay secret.
 
     `image_ids` ({imageName: ID}) stands for images really built (the engine stand-in builds
-    them first): their IDs are returned as the provider would return them."""
+    them first): their IDs are returned as the provider would return them. `exit_codes`
+    ({logical name: code}) makes containers end as a failed job would (default 0)."""
     from pulumi.runtime import rpc
 
     state = dict(inputs)
@@ -255,7 +260,7 @@ def _mock_state(
         state["result"] = f"mock-string-{name}"
     elif type_ == CONTAINER:
         state.setdefault("name", name)
-        state["exitCode"] = 0
+        state["exitCode"] = (exit_codes or {}).get(name, 0)
     elif type_ == IMAGE:
         image_name = str(state.get("imageName", name))
         built = (image_ids or {}).get(image_name) or mock_image_id(inputs)
@@ -274,14 +279,14 @@ def _mock_state(
 class _Recorder:
     """A MockMonitor that also keeps what the SDK sent: parent, options, secretness."""
 
-    def __init__(self, image_ids: Mapping[str, str] | None = None) -> None:
+    def __init__(self, image_ids: Mapping[str, str] | None = None, exit_codes: Mapping[str, int] | None = None) -> None:
         from pulumi.runtime.mocks import MockCallArgs, MockMonitor, MockResourceArgs, Mocks
 
         recorder = self
 
         class _Mocks(Mocks):
             def new_resource(self, args: MockResourceArgs) -> tuple[str | None, dict[Any, Any]]:
-                return _mock_state(args.typ, args.name, args.inputs, image_ids)
+                return _mock_state(args.typ, args.name, args.inputs, image_ids, exit_codes)
 
             def call(self, args: MockCallArgs) -> tuple[dict[Any, Any], list[tuple[str, str]] | None]:
                 return {}, None
@@ -378,12 +383,14 @@ def attempt(
     project_root: Path = PROJECT_ROOT,
     preview: bool = False,
     image_ids: Mapping[str, str] | None = None,
+    exit_codes: Mapping[str, int] | None = None,
 ) -> RunResult:
     """Run the program under mocks; never raises for a program error, returns it instead.
 
     Useful to assert that a failing program registered nothing. `secrets`: more overrides, handed
     over as keys set with `pulumi config set --secret` (stack files hold secrets encrypted, which
-    the mocks cannot read).
+    the mocks cannot read). `exit_codes`: containers (by logical name) that end with that code,
+    as a failed one-shot job does.
     """
     import pulumi
     from pulumi.runtime import settings as runtime_settings
@@ -404,7 +411,7 @@ def attempt(
 
     with _RUN_LOCK:
         _ensure_event_loop()
-        recorder = _Recorder(image_ids)
+        recorder = _Recorder(image_ids, exit_codes)
         # A fresh root stack and settings bag per run; leftovers of an earlier (maybe failed)
         # run must not leak into this one.
         runtime_settings.ROOT.set(None)

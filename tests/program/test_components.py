@@ -8,6 +8,7 @@ from app import contract
 from mockrun import CONTAINER_TYPE, DeclaredStack
 from mockrun.harness import IMAGE, NETWORK, RANDOM_PASSWORD, VOLUME
 from stackconfig import settings as settings_module
+from stackconfig.names import ONE_SHOT_ROLES
 from tests.program.helpers import env_map
 
 COMPONENTS = {
@@ -63,7 +64,7 @@ def test_every_container_rotates_its_logs_and_is_labelled(any_stack: DeclaredSta
 
 
 def test_services_restart_have_healthchecks_and_wait_for_health(any_stack: DeclaredStack) -> None:
-    services = [c for c in any_stack.containers() if c.name not in ("minio-bucket", "trainer")]
+    services = [c for c in any_stack.containers() if c.role not in ONE_SHOT_ROLES]
     assert {"mysql", "minio", "mlflow", "balancer", "replica-0"} <= {c.name for c in services}
     for container in services:
         inputs = container.inputs
