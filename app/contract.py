@@ -51,6 +51,20 @@ ENV_SHUTDOWN_GRACE_S = "MLSERVE_SHUTDOWN_GRACE_S"
 ENV_LOG_LEVEL = "MLSERVE_LOG_LEVEL"
 # "true" (default) or "false": false keeps every prediction on the estimator's own method.
 ENV_PREDICT_KERNELS = "MLSERVE_PREDICT_KERNELS"
+# Seconds from admission to answer before the replica answers 504 DEADLINE_EXCEEDED.
+ENV_SCORING_TIMEOUT_S = "MLSERVE_SCORING_TIMEOUT_S"
+# The replica group the replica belongs to (stackconfig.names.DEFAULT_GROUP or a named group).
+ENV_GROUP = "MLSERVE_GROUP"
+# Shadow replicas only: the alias whose answers the shadow's are compared with (the primary's).
+ENV_COMPARE_ALIAS = "MLSERVE_COMPARE_ALIAS"
+# Percent (0-100) of invocations whose request and answer are written to the payload log.
+ENV_PAYLOAD_LOG_PERCENT = "MLSERVE_PAYLOAD_LOG_PERCENT"
+# Seconds between payload log uploads (a batch also goes once it is large enough).
+ENV_PAYLOAD_LOG_FLUSH_S = "MLSERVE_PAYLOAD_LOG_FLUSH_S"
+# Payload logs: objects under this prefix of the artifact store, written and read through the
+# MLflow server's artifact proxy (`--serve-artifacts`), which replicas reach without S3 keys.
+PAYLOAD_LOG_PREFIX = "payload-logs"
+MLFLOW_ARTIFACTS_API = "/api/2.0/mlflow-artifacts/artifacts"
 
 # Trainer configuration (it also reads ENV_TRACKING_URI, ENV_MODEL_NAME, ENV_MODEL_ALIAS).
 ENV_TRAINER_ONLY_IF_EMPTY = "MLSERVE_TRAINER_ONLY_IF_EMPTY"

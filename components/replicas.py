@@ -58,7 +58,7 @@ import pulumi_docker as docker
 from app import contract
 from components.common import REPLICA_PROBE, healthcheck, service_container, type_token
 from stackconfig.names import ROLE_REPLICA, container_name, replica_resource, weight_alias
-from stackconfig.settings import GpuSettings, ReplicaGroup, Settings
+from stackconfig.settings import GROUP_SHADOW, GpuSettings, ReplicaGroup, Settings
 
 # The replica image's HEALTHCHECK uses the same probe and timings (a test compares them).
 HEALTH_INTERVAL_S = 10
@@ -84,10 +84,11 @@ NVIDIA_DRIVER = "nvidia"
 
 def replica_envs(settings: Settings, group: ReplicaGroup, instance_id: str, tracking_url: str) -> list[str]:
     serving = settings.serving
-    return [
+    envs = [
         f"{contract.ENV_TRACKING_URI}={tracking_url}",
         f"{contract.ENV_MODEL_NAME}={group.model.name}",
         f"{contract.ENV_MODEL_ALIAS}={group.model.alias}",
+        f"{contract.ENV_GROUP}={group.name}",
         f"{contract.ENV_INSTANCE_ID}={instance_id}",
         f"{contract.ENV_BIND_HOST}=0.0.0.0",
         f"{contract.ENV_PORT}={contract.REPLICA_PORT}",
@@ -96,10 +97,16 @@ def replica_envs(settings: Settings, group: ReplicaGroup, instance_id: str, trac
         f"{contract.ENV_MAX_BATCH_WAIT_MS}={serving.max_batch_wait_ms:g}",
         f"{contract.ENV_MAX_QUEUE}={serving.max_queue}",
         f"{contract.ENV_MAX_BODY_BYTES}={serving.max_body_mb * 2**20}",
+        f"{contract.ENV_SCORING_TIMEOUT_S}={serving.scoring_timeout_s}",
         f"{contract.ENV_SHUTDOWN_GRACE_S}={serving.shutdown_grace_s}",
         f"{contract.ENV_DEVICE}={contract.DEVICE_AUTO}",
         f"{contract.ENV_PREDICT_KERNELS}={'true' if serving.predict_kernels else 'false'}",
+        f"{contract.ENV_PAYLOAD_LOG_PERCENT}={serving.payload_log_percent:g}",
     ]
+    if group.role == GROUP_SHADOW:
+        # A shadow scores each copy with the primary's alias too and counts where they agree.
+        envs.append(f"{contract.ENV_COMPARE_ALIAS}={settings.default_group.model.alias}")
+    return envs
 
 
 def gpu_args(gpu: GpuSettings, index: int) -> tuple[str | None, list[docker.ContainerDeviceRequestArgs] | None]:

@@ -135,6 +135,7 @@ class ServingSettings:
     # is the healthcheck's start period and bounds a rollout's wait per replica.
     scoring_timeout_s: int
     model_load_timeout_s: int
+    payload_log_percent: float  # share of invocations written to the payload log; 0: off
 
 
 @dataclass(frozen=True)
@@ -890,6 +891,7 @@ def parse(stack: str, raw: Mapping[str, Any], secret_keys: Collection[str] = ())
         predict_kernels=_bool("predictKernels", get("predictKernels")),
         scoring_timeout_s=_int("scoringTimeoutSeconds", get("scoringTimeoutSeconds"), 1, 3600),
         model_load_timeout_s=_int("modelLoadTimeoutSeconds", get("modelLoadTimeoutSeconds"), 10, 7200),
+        payload_log_percent=_percent("payloadLogPercent", get("payloadLogPercent")),
     )
     balancer = BalancerSettings(
         port=_int("balancerPort", get("balancerPort"), 1, 65535),

@@ -5,7 +5,11 @@ framework cost as much as scoring a small model, and the interface is six routes
 
 Scoring runs off the event loop, on the batcher's model thread (batcher.py). Admission
 is bounded here: past `max_queue` outstanding invocations the answer is 503 with
-Retry-After.
+Retry-After, and an invocation without an answer within the scoring timeout (queueing
+included) is answered 504 DEADLINE_EXCEEDED. Every /invocations answer names the model
+(X-Model-Name, X-Model-Alias) and, once one is loaded, the version (X-Model-Version).
+A shadow replica compares its answers with the primary's model (shadow.py); a share of
+invocations goes to the payload log (payloads.py).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import random
 import time
 from typing import Any
 
@@ -25,7 +30,9 @@ from app.server.config import Config
 from app.server.manager import ModelManager
 from app.server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from app.server.metrics import Metrics
-from app.server.model import Answer, NotFast, error_body
+from app.server.model import Answer, LoadedModel, NotFast, error_body
+from app.server.payloads import PayloadLog
+from app.server.shadow import ShadowComparer
 
 log = logging.getLogger("app.server")
 access = logging.getLogger("app.server.access")
@@ -40,6 +47,10 @@ _H_JSON = _JSON.encode()
 _H_INSTANCE = contract.HEADER_INSTANCE_ID.lower().encode()
 _H_VERSION = contract.HEADER_MODEL_VERSION.lower().encode()
 _H_REQUEST = contract.HEADER_REQUEST_ID.lower().encode()
+_H_MIRRORED = contract.HEADER_MIRRORED.lower().encode()
+_H_KEY_NAME = contract.HEADER_API_KEY_NAME.lower().encode()
+# How long a stopping replica may take to upload its last payload records.
+PAYLOAD_FLUSH_ON_STOP_S = 5.0
 
 
 class ReplicaApp:
@@ -53,6 +64,14 @@ class ReplicaApp:
         self.receiving = 0  # admitted, body not yet read and queued
         self.served = 0  # invocations answered 200: the shutdown test compares it with the client's count
         self._instance = cfg.instance_id.encode()
+        self._model_headers = [(contract.HEADER_MODEL_NAME.lower().encode(), cfg.model_name.encode()),
+                               (contract.HEADER_MODEL_ALIAS.lower().encode(), cfg.model_alias.encode())]
+        self.shadow = ShadowComparer(cfg, self.metrics) if cfg.compare_alias else None
+        self.payloads = (PayloadLog(cfg.tracking_uri, cfg.model_name, cfg.group, cfg.instance_id, cfg.payload_log_flush_s,
+                                    self.metrics) if cfg.payload_log_percent > 0 else None)
+        self._sample = random.Random()
+        self._timeout_answer = Answer(504, error_body(
+            "DEADLINE_EXCEEDED", f"no answer within {cfg.scoring_timeout_s:g} s ({contract.ENV_SCORING_TIMEOUT_S})"))
         self._rid_prefix = os.urandom(6).hex()
         self._rid_counter = 0
         # Read at scrape time instead of two gauge updates per request.
@@ -66,6 +85,10 @@ class ReplicaApp:
         self.batcher = Batcher(self.cfg, self.metrics, lambda: self.receiving)
         self.batcher.start()
         self.manager.start()
+        if self.shadow is not None:
+            self.shadow.start()
+        if self.payloads is not None:
+            self.payloads.start()
         log.info("replica started", extra={"model_uri": self.cfg.model_uri, "port": self.cfg.port,
                                            "max_batch_size": self.cfg.max_batch_size,
                                            "max_batch_wait_ms": self.cfg.max_batch_wait_ms,
@@ -79,8 +102,12 @@ class ReplicaApp:
     async def shutdown(self) -> None:
         self.begin_drain()
         await self.manager.stop()
+        if self.shadow is not None:
+            await self.shadow.stop()
         if self.batcher is not None:
             await self.batcher.stop()
+        if self.payloads is not None:
+            await asyncio.to_thread(self.payloads.stop, PAYLOAD_FLUSH_ON_STOP_S)
         log.info("replica stopped", extra={"served": self.served, "pending": self.pending})
 
     # -- ASGI -------------------------------------------------------------------------
@@ -110,6 +137,8 @@ class ReplicaApp:
         rid = None
         ct = None
         clen = None
+        mirrored = False
+        key_name = None
         for k, v in scope["headers"]:
             if k == b"content-type":
                 ct = v.decode("latin-1")
@@ -117,6 +146,10 @@ class ReplicaApp:
                 rid = v.decode("latin-1")[:200]
             elif k == b"content-length":
                 clen = v
+            elif k == _H_MIRRORED:
+                mirrored = True
+            elif k == _H_KEY_NAME:
+                key_name = v.decode("latin-1")[:64] or None
         if rid is None:
             # A per-process random prefix and a counter: unique without a syscall
             # per request (getrandom is the costliest line of a request otherwise).
@@ -131,7 +164,7 @@ class ReplicaApp:
                     if method != "POST":
                         status, body, ctype, extra = 405, b'{"detail":"Method Not Allowed"}', _H_JSON, []
                     else:
-                        status, body, ctype, extra = await self._invocations(receive, ct, clen)
+                        status, body, ctype, extra = await self._invocations(receive, ct, clen, rid, mirrored, key_name)
                 elif method not in ("GET", "HEAD") or path not in self._GET_ROUTES:
                     status, body, ctype, extra = 404, b'{"detail":"Not Found"}', _H_JSON, []
                     if path in self._GET_ROUTES:
@@ -144,6 +177,8 @@ class ReplicaApp:
             headers = [(_H_CT, ctype), (b"content-length", str(len(body)).encode()),
                        (_H_INSTANCE, self._instance), (_H_REQUEST, rid.encode("latin-1"))]
             headers.extend(extra)
+            if path == contract.ROUTE_INVOCATIONS:
+                headers.extend(self._model_headers)
             await send({"type": "http.response.start", "status": status, "headers": headers})
             await send({"type": "http.response.body", "body": b"" if method == "HEAD" else body})
         finally:
@@ -180,13 +215,15 @@ class ReplicaApp:
             parts.append(chunk)
         return b"".join(parts)
 
-    async def _invocations(self, receive: Any, ct: str | None, clen: bytes | None) -> tuple[int, bytes, bytes, list[tuple[bytes, bytes]]]:
+    async def _invocations(self, receive: Any, ct: str | None, clen: bytes | None, rid: str = "", mirrored: bool = False,
+                           key_name: str | None = None) -> tuple[int, bytes, bytes, list[tuple[bytes, bytes]]]:
         m = self.manager.current
         if m is None or self.batcher is None:
             return 503, error_body("TEMPORARILY_UNAVAILABLE", f"no model loaded yet for {self.cfg.model_uri}; see {contract.ROUTE_HEALTH}"), _H_JSON, [(b"retry-after", RETRY_AFTER_S.encode())]
         if self.pending >= self.cfg.max_queue:
             self.metrics.rejected.inc()
             return 503, error_body("TEMPORARILY_UNAVAILABLE", f"queue full ({self.cfg.max_queue} requests outstanding); retry later"), _H_JSON, [(b"retry-after", RETRY_AFTER_S.encode())]
+        admitted = time.monotonic()
         self.pending += 1
         self.receiving += 1
         queued = False
@@ -209,7 +246,17 @@ class ReplicaApp:
             self.receiving -= 1
             queued = True
             self.batcher.submit(Item(m, fut, rows, body, ct, parsed))
+            # One timer per request (cheaper than wait_for's extra future): on expiry it answers
+            # 504 in the scorer's place; a request still queued is then skipped by the model thread.
+            timer = asyncio.get_running_loop().call_later(
+                max(self.cfg.scoring_timeout_s - (time.monotonic() - admitted), 0.0), self._expire, fut)
             ans = await fut
+            timer.cancel()
+            if mirrored and self.shadow is not None:
+                left = self.cfg.scoring_timeout_s - (time.monotonic() - admitted)
+                await self.shadow.compare(self.batcher, m, ans, body, ct, max(left, 0.001))
+            if self.payloads is not None and self._sample.random() * 100 < self.cfg.payload_log_percent:
+                self._log_payload(m, ans, body, ct, rid, mirrored, key_name, time.monotonic() - admitted)
         finally:
             if not queued:
                 self.receiving -= 1
@@ -218,6 +265,32 @@ class ReplicaApp:
             self.served += 1
         ctype = _H_JSON if ans.content_type == _JSON else ans.content_type.encode()
         return ans.status, ans.body, ctype, [(_H_VERSION, m.version.encode())]
+
+    def _expire(self, fut: asyncio.Future[Answer]) -> None:
+        if not fut.done():
+            self.metrics.timeouts.inc()
+            fut.set_result(self._timeout_answer)
+
+    def _log_payload(self, m: LoadedModel, ans: Answer, body: bytes, ct: str | None, rid: str, mirrored: bool,
+                     key_name: str | None, seconds: float) -> None:
+        assert self.payloads is not None
+        self.payloads.offer(m.version, {
+            "ts": time.time(),
+            "request_id": rid,
+            "model": self.cfg.model_name,
+            "alias": self.cfg.model_alias,
+            "version": m.version,
+            "group": self.cfg.group,
+            "instance": self.cfg.instance_id,
+            "api_key": key_name,
+            "mirrored": mirrored,
+            "content_type": ct,
+            # The exact text sent and answered, so that a replay sends the same bytes.
+            "request": body.decode("utf-8", errors="replace"),
+            "status": ans.status,
+            "response": ans.body.decode("utf-8", errors="replace"),
+            "ms": round(seconds * 1000, 3),
+        })
 
     # -- GET routes -------------------------------------------------------------------
     def _ping(self) -> tuple[int, bytes, bytes, list[tuple[bytes, bytes]]]:

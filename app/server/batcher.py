@@ -122,6 +122,11 @@ class Batcher:
             job = carried if carried is not None else self._jobs.get()
             if not isinstance(job, Item):
                 return  # _STOP: everything queued before it has been scored
+            if job.future.done():
+                # Answered 504 while queued (the scoring timeout): nobody waits for its score;
+                # under a backlog, skipping it is what lets the requests behind it finish in time.
+                carried = None
+                continue
             batch, carried = self._next_batch(job)
             try:
                 answers, model_rows = _score(batch)

@@ -17,6 +17,10 @@ DEFAULT_MAX_BATCH_WAIT_MS = 2.0
 DEFAULT_MAX_QUEUE = 256
 DEFAULT_MAX_BODY_BYTES = 16 * 2**20
 DEFAULT_SHUTDOWN_GRACE_S = 30.0
+DEFAULT_SCORING_TIMEOUT_S = 30.0
+DEFAULT_GROUP = "default"
+DEFAULT_PAYLOAD_LOG_PERCENT = 0.0
+DEFAULT_PAYLOAD_LOG_FLUSH_S = 10.0
 
 
 _BOOLS = {"true": True, "1": True, "false": False, "0": False}
@@ -43,6 +47,11 @@ class Config:
     shutdown_grace_s: float
     log_level: str
     predict_kernels: bool = True
+    scoring_timeout_s: float = DEFAULT_SCORING_TIMEOUT_S
+    group: str = DEFAULT_GROUP
+    compare_alias: str | None = None  # shadow replicas: the primary's alias
+    payload_log_percent: float = DEFAULT_PAYLOAD_LOG_PERCENT
+    payload_log_flush_s: float = DEFAULT_PAYLOAD_LOG_FLUSH_S
 
     @property
     def model_uri(self) -> str:
@@ -98,4 +107,9 @@ def from_env(env: Mapping[str, str] | None = None) -> Config:
         shutdown_grace_s=_num(env, contract.ENV_SHUTDOWN_GRACE_S, DEFAULT_SHUTDOWN_GRACE_S, 0, 86400),
         log_level=level,
         predict_kernels=_BOOLS[kernels],
+        scoring_timeout_s=_num(env, contract.ENV_SCORING_TIMEOUT_S, DEFAULT_SCORING_TIMEOUT_S, 0.001, 86400),
+        group=env.get(contract.ENV_GROUP, "").strip() or DEFAULT_GROUP,
+        compare_alias=env.get(contract.ENV_COMPARE_ALIAS, "").strip() or None,
+        payload_log_percent=_num(env, contract.ENV_PAYLOAD_LOG_PERCENT, DEFAULT_PAYLOAD_LOG_PERCENT, 0, 100),
+        payload_log_flush_s=_num(env, contract.ENV_PAYLOAD_LOG_FLUSH_S, DEFAULT_PAYLOAD_LOG_FLUSH_S, 0.05, 3600),
     )

@@ -88,6 +88,19 @@ class Metrics:
                                            "Unix time of the last poll that resolved the alias.", registry=r)
         self.info = Gauge(f"{PREFIX}_info", "Static facts about this replica.", ["instance_id", "model", "alias"],
                           registry=r)
+        self.timeouts = Counter(f"{PREFIX}_scoring_timeouts", "Invocations answered 504: no answer within the scoring timeout.",
+                                registry=r)
+        # Shadow replicas: each mirrored request is scored with this replica's version and with
+        # the primary's alias; `outcome` is agree, disagree or error (no comparison possible).
+        self.shadow_requests = Counter(f"{PREFIX}_shadow_requests",
+                                       "Mirrored requests scored by this shadow and by the primary's alias, by outcome.",
+                                       ["version", "primary_version", "outcome"], registry=r)
+        self.shadow_rows = Counter(f"{PREFIX}_shadow_rows",
+                                   "Predicted rows of mirrored requests, by whether the primary's alias predicted the same.",
+                                   ["version", "primary_version", "outcome"], registry=r)
+        self.payload_log = Counter(f"{PREFIX}_payload_log_records",
+                                   "Sampled request/answer pairs by fate: written, dropped_full (buffer full), "
+                                   "dropped_error (upload failed), too_large.", ["outcome"], registry=r)
         self.info.labels(instance_id, model_name, alias).set(1)
         self._model = model_name
         self._alias = alias

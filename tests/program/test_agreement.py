@@ -30,7 +30,15 @@ SERVING_DEFAULTS = [
     (replica_config.DEFAULT_MAX_QUEUE, "maxQueue", int),
     (replica_config.DEFAULT_MAX_BODY_BYTES, "maxBodyMb", lambda mb: mb * 2**20),
     (replica_config.DEFAULT_SHUTDOWN_GRACE_S, "shutdownGraceSeconds", float),
+    (replica_config.DEFAULT_SCORING_TIMEOUT_S, "scoringTimeoutSeconds", float),
+    (replica_config.DEFAULT_PAYLOAD_LOG_PERCENT, "payloadLogPercent", float),
 ]
+
+
+def test_replica_default_group_is_the_stack_default_group() -> None:
+    from stackconfig.names import DEFAULT_GROUP
+
+    assert replica_config.DEFAULT_GROUP == DEFAULT_GROUP
 
 
 @pytest.mark.parametrize(("replica_default", "key", "convert"), SERVING_DEFAULTS, ids=[k for _, k, _ in SERVING_DEFAULTS])
