@@ -666,6 +666,11 @@ DOCKER_ONLY_KEYS = {
     "mlflowUiPort": "it publishes MLflow on the Docker host's loopback; on a cluster use "
     "`kubectl port-forward svc/mlflow 5000` (MLflow accepts localhost:5000)",
     "balancerBindIp": "a Kubernetes Service has no bind address; choose balancerServiceType instead",
+    # The Docker target uploads these files beside nginx.conf; the cluster's balancer mounts only
+    # its ConfigMap so far (no Secret for keys or certificates yet).
+    "apiKeys": "the cluster's nginx pods do not mount the API keys file yet (Docker target only for now)",
+    "tlsCertificate": "the cluster's nginx pods do not mount TLS material yet; terminate TLS at the Service's load balancer or an ingress",
+    "tlsKey": "the cluster's nginx pods do not mount TLS material yet; terminate TLS at the Service's load balancer or an ingress",
 }
 # gpuMode values that only a Docker host can honour, and why.
 DOCKER_ONLY_GPU_MODES = {

@@ -28,7 +28,7 @@ import pulumi_kubernetes as k8s
 
 from app import contract
 from components.common import type_token
-from components.replicas import STOP_MARGIN_S, WAIT_TIMEOUT_S, replica_envs
+from components.replicas import STOP_MARGIN_S, replica_envs, wait_timeout_s
 from nginx.render import RESOLVER_VALID_S
 from stackconfig.names import LABEL_GROUP, LABEL_WEIGHT, MLFLOW_PRIVATE_URL, ROLE_REPLICA, weight_alias
 from stackconfig.settings import ReplicaGroup, Settings
@@ -58,10 +58,14 @@ CLUSTER_DNS_TTL_S = 5
 # The endpoint change reaching CoreDNS after the pod is marked terminating.
 ENDPOINT_PROPAGATION_S = 5
 PRE_STOP_S = RESOLVER_VALID_S + CLUSTER_DNS_TTL_S + ENDPOINT_PROPAGATION_S
-# Startup probe: the model download and load may take WAIT_TIMEOUT_S (as on the Docker target);
-# probing every STARTUP_PERIOD_S sees a quick start quickly.
+# Startup probe: the model download and load may take as long as the Docker target waits for a
+# replica (modelLoadTimeoutSeconds plus a probe: components.replicas.wait_timeout_s); probing
+# every STARTUP_PERIOD_S sees a quick start quickly.
 STARTUP_PERIOD_S = 5
-STARTUP_FAILURES = WAIT_TIMEOUT_S // STARTUP_PERIOD_S
+
+
+def startup_failures(settings: Settings) -> int:
+    return -(-wait_timeout_s(settings) // STARTUP_PERIOD_S)  # rounded up
 READY_PERIOD_S = 5
 LIVE_PERIOD_S = 10
 LIVE_FAILURES = 3
@@ -108,7 +112,7 @@ def pod_spec(settings: Settings, group: ReplicaGroup, image: pulumi.Input[str], 
             # Whole GPUs, in limits only: the request is set equal by Kubernetes.
             {GPU_RESOURCE: str(resources.gpu.count)} if gpu else None,
         ),
-        startup_probe=http_probe(contract.ROUTE_READY, PORT_NAME, period_s=STARTUP_PERIOD_S, failures=STARTUP_FAILURES),
+        startup_probe=http_probe(contract.ROUTE_READY, PORT_NAME, period_s=STARTUP_PERIOD_S, failures=startup_failures(settings)),
         readiness_probe=http_probe(contract.ROUTE_READY, PORT_NAME, period_s=READY_PERIOD_S, failures=1),
         liveness_probe=http_probe(contract.ROUTE_HEALTH, PORT_NAME, period_s=LIVE_PERIOD_S, failures=LIVE_FAILURES, timeout_s=5),
         lifecycle=pre_stop_sleep(PRE_STOP_S),
@@ -180,7 +184,7 @@ class ClusterReplicas(pulumi.ComponentResource):
                                     max_surge=k.max_surge, max_unavailable=k.max_unavailable
                                 ),
                             ),
-                            progress_deadline_seconds=WAIT_TIMEOUT_S + 60,
+                            progress_deadline_seconds=wait_timeout_s(settings) + 60,
                             template=k8s.core.v1.PodTemplateSpecArgs(
                                 metadata=k8s.meta.v1.ObjectMetaArgs(labels=metadata(settings, alias, ROLE_REPLICA, extra).labels),
                                 spec=pod_spec(settings, group, image, weight),

@@ -111,7 +111,7 @@ def test_kubernetes_only_keys_are_described_so_and_have_no_default() -> None:
 
 def test_secret_keys_are_the_credentials() -> None:
     secret = {key for key, spec in settings.SCHEMA.items() if spec.secret}
-    assert secret == {"kubeconfig", "databaseUrl", "s3AccessKeyId", "s3SecretAccessKey"}
+    assert secret == {"kubeconfig", "databaseUrl", "s3AccessKeyId", "s3SecretAccessKey", "tlsKey"}
 
 
 def test_example_cluster_stack_sets_kubernetes_and_no_secret() -> None:

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from app import contract
-from components.kubernetes.replicas import PRE_STOP_S, STARTUP_FAILURES, STARTUP_PERIOD_S
+from components.kubernetes.replicas import PRE_STOP_S, STARTUP_PERIOD_S
 from components.kubernetes.stores import SECRET_NAME
-from components.replicas import STOP_MARGIN_S, WAIT_TIMEOUT_S, replica_envs
+from components.replicas import STOP_MARGIN_S, replica_envs, wait_timeout_s
 from mockrun import DeclaredStack, run_program
 from mockrun.harness import IMAGE, KUBERNETES_PROVIDER, RANDOM_PASSWORD
 from nginx.render import CONF_FILE, RESOLVER_VALID_S, STATUS_FILE, render, render_status
@@ -208,7 +208,8 @@ def test_replica_pods(cluster: DeclaredStack) -> None:
         startup = c["startupProbe"]
         assert startup["httpGet"]["path"] == contract.ROUTE_READY
         # Sized to the model load: as long as the Docker target waits for a replica.
-        assert startup["periodSeconds"] * startup["failureThreshold"] == WAIT_TIMEOUT_S == STARTUP_PERIOD_S * STARTUP_FAILURES
+        assert startup["periodSeconds"] == STARTUP_PERIOD_S
+        assert 0 <= startup["periodSeconds"] * startup["failureThreshold"] - wait_timeout_s(settings) < STARTUP_PERIOD_S
         assert c["lifecycle"]["preStop"]["sleep"]["seconds"] == PRE_STOP_S
         # Requests = limits (Docker's MB are MiB); GPUs in limits only, whole.
         assert c["resources"]["requests"] == {"cpu": "2", "memory": "4096Mi"}
@@ -234,7 +235,8 @@ def test_replica_pods(cluster: DeclaredStack) -> None:
 
 @pytest.mark.parametrize("grace", [1, 30, 120])
 def test_termination_grace_is_prestop_plus_shutdown_grace_plus_margin(grace: int) -> None:
-    stack = run_program("cluster", {**IN_CLUSTER, "shutdownGraceSeconds": grace})
+    # A draining replica must be able to finish what it admitted: the scoring timeout fits the grace.
+    stack = run_program("cluster", {**IN_CLUSTER, "shutdownGraceSeconds": grace, "scoringTimeoutSeconds": min(grace, 30)})
     assert PRE_STOP_S >= RESOLVER_VALID_S + 5
     for deployment in replica_deployments(stack):
         assert pod_spec(deployment)["terminationGracePeriodSeconds"] == PRE_STOP_S + grace + STOP_MARGIN_S
@@ -304,7 +306,7 @@ def test_balancer(any_cluster: DeclaredStack) -> None:
 
 
 def test_a_balancer_key_rolls_the_nginx_pods(in_cluster: DeclaredStack) -> None:
-    changed = run_program("cluster", {**IN_CLUSTER, "balancerReadTimeoutSeconds": 30})
+    changed = run_program("cluster", {**IN_CLUSTER, "balancerReadTimeoutSeconds": 45})
     annotation = "mlserve.io/config-sha256"
     before = obj(in_cluster, "Deployment", "balancer").inputs["spec"]["template"]["metadata"]["annotations"][annotation]
     after = obj(changed, "Deployment", "balancer").inputs["spec"]["template"]["metadata"]["annotations"][annotation]

@@ -25,7 +25,7 @@ ORIGIN = "https://app.example.com"
 
 
 def settings(**raw: object) -> Settings:
-    return parse("t", {k: v if isinstance(v, str) else json.dumps(v) for k, v in raw.items()})
+    return parse("t", {k: v if isinstance(v, str) else json.dumps(v) for k, v in raw.items()}, secret_keys=("tlsKey",))
 
 
 def test_an_open_stack_has_no_key_check_no_limits_and_no_cors() -> None:

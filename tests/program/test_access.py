@@ -96,3 +96,13 @@ def test_an_invalid_access_key_registers_nothing() -> None:
     result = attempt("prod", {"rateLimitPerKey": 10})
     assert isinstance(result.error, ConfigError) and result.error.key == "rateLimitPerKey"
     assert len(result.declared) == 0
+
+
+@pytest.mark.parametrize(("overrides", "secrets", "key"), [
+    ({"apiKeys": ["ci"]}, None, "apiKeys"),
+    ({"tlsCertificate": "x"}, {"tlsKey": "y"}, "tlsCertificate"),
+])
+def test_keys_and_tls_are_docker_only_for_now_and_say_so(overrides: dict[str, Any], secrets: dict[str, Any] | None, key: str) -> None:
+    result = attempt("cluster", {"inClusterStores": True, "s3Endpoint": None, **overrides}, secrets=secrets)
+    assert isinstance(result.error, ConfigError) and result.error.key == key, result.error
+    assert "kubernetes" in str(result.error) and len(result.declared) == 0

@@ -12,7 +12,8 @@ from tests.tls import self_signed
 
 
 def access(**raw: Any) -> Settings:
-    return parse("s", {k: v if isinstance(v, str) else json.dumps(v) for k, v in raw.items()})
+    # tlsKey is a secret key: here as if set with `pulumi config set --secret`.
+    return parse("s", {k: v if isinstance(v, str) else json.dumps(v) for k, v in raw.items()}, secret_keys=("tlsKey",))
 
 
 def test_by_default_the_entry_is_open_plain_http_and_unlimited() -> None:
