@@ -8,12 +8,13 @@ refused) and a canary group taking 10 % through `split_clients`. The stand-in re
 small nginx answering a constant prediction on every group's address, so that the balancer,
 not the model, is what is measured. A DNS stand-in answers the groups' weight aliases.
 
-Each round runs both balancers in turn (order alternating) under `wrk` with the same
-connections and duration, taking turns for several rounds; printed: req/s and p99 of each, and
+Both balancers run side by side (one worker each, pinned to core 0; only the one under load
+works), wrk and the stand-ins on core 1. Each round runs wrk against both in turn (order
+alternating), with the same connections and duration, for many short rounds; printed: req/s and p99 of each, and
 per round the ratio featured/plain, with the median. The issue's target is at most 10 % lower
 throughput with the features on.
 
-    sudo .venv/bin/python benchmarks/balancer_bench.py [--rounds 5] [--duration 5] [--connections 16]
+    sudo .venv/bin/python benchmarks/balancer_bench.py [--rounds 30] [--duration 1] [--connections 16]
 
 Runs in a private network namespace (`unshare -n`, as root) because it binds Docker's DNS
 address 127.0.0.11:53; every process it starts is stopped in `finally`.
@@ -43,6 +44,7 @@ from stackconfig.names import weight_alias  # noqa: E402
 from stackconfig.settings import MAX_RATE, Settings, parse  # noqa: E402
 
 BALANCER = "127.0.0.5"
+BALANCER_FEATURED = "127.0.0.6"
 BACKEND = {"default": "127.0.0.21", "challenger": "127.0.0.31"}
 KEY = "k" * 40
 ANSWER = '{"predictions": [0]}'
@@ -78,7 +80,14 @@ def backend_conf() -> str:
     return f"worker_processes 1;\nerror_log stderr error;\nevents {{ worker_connections 4096; }}\nhttp {{\n{servers}\n}}\n"
 
 
-def start_nginx(prefix: Path, conf: str, extra: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+# The balancer under test gets one worker on core 0; wrk and the stand-in replicas share core 1,
+# so that the two variants differ only in the conf (other load on the machine still shows:
+# hence many short rounds and the median of the per-round ratios).
+BALANCER_CPU = "0"
+LOAD_CPU = "1"
+
+
+def start_nginx(prefix: Path, conf: str, extra: dict[str, str] | None = None, cpu: str = LOAD_CPU) -> subprocess.Popen[bytes]:
     prefix.mkdir(parents=True, exist_ok=True)
     (prefix / STATUS_DIR).mkdir(exist_ok=True)
     for relative, content in (extra or {}).items():
@@ -86,7 +95,7 @@ def start_nginx(prefix: Path, conf: str, extra: dict[str, str] | None = None) ->
         (prefix / relative).write_text(content)
     # The benchmark measures throughput: the balancer's access log (stdout) goes nowhere.
     (prefix / "nginx.conf").write_text(conf.replace("access_log /dev/stdout mlserve;", "access_log off;"))
-    return subprocess.Popen([nginx_binary(), "-p", f"{prefix}/", "-c", str(prefix / "nginx.conf"), "-g", "daemon off;"],
+    return subprocess.Popen(["taskset", "-c", cpu, nginx_binary(), "-p", f"{prefix}/", "-c", str(prefix / "nginx.conf"), "-g", "daemon off;"],
                             stdout=subprocess.DEVNULL, stderr=open(prefix / "error.log", "wb"))
 
 
@@ -104,6 +113,10 @@ def wait_ok(url: str, headers: dict[str, str]) -> None:
     raise RuntimeError(f"{url} never answered 200")
 
 
+def url(address: str) -> str:
+    return f"http://{address}:{contract.BALANCER_PORT}{contract.ROUTE_INVOCATIONS}"
+
+
 def lua_script(path: Path, headers: dict[str, str]) -> Path:
     lines = ['wrk.method = "POST"', f"wrk.body = {json.dumps(BODY)}"]
     lines += [f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}" for k, v in headers.items()]
@@ -113,8 +126,8 @@ def lua_script(path: Path, headers: dict[str, str]) -> Path:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--duration", type=float, default=5.0)
+    ap.add_argument("--rounds", type=int, default=30)
+    ap.add_argument("--duration", type=float, default=1.0)
     ap.add_argument("--connections", type=int, default=16)
     args = ap.parse_args()
     if os.environ.get("MLSERVE_BENCH_NETNS") != "1":
@@ -150,34 +163,35 @@ def main() -> int:
     dns = DNSServer(table, address=RESOLVER_ADDRESS, port=53, logger=DNSLogger(logf=lambda _: None))
     dns.start_thread()
     procs: list[subprocess.Popen[bytes]] = []
-    url = f"http://{BALANCER}:{contract.BALANCER_PORT}{contract.ROUTE_INVOCATIONS}"
     variants = {
         "plain": (settings(PLAIN), {"Content-Type": "application/json"}),
         "featured": (settings(FEATURED), {"Content-Type": "application/json", contract.HEADER_API_KEY: KEY}),
     }
     results: dict[str, list[dict[str, float]]] = {name: [] for name in variants}
+    addresses = {"plain": BALANCER, "featured": BALANCER_FEATURED}
     try:
         procs.append(start_nginx(tmp / "backend", backend_conf()))
+        scripts = {}
+        for name, (s, headers) in variants.items():
+            extra = {API_KEYS_FILE: render_api_keys({"bench": KEY})} if s.balancer.access.api_keys else {}
+            conf = render(s).replace(f"listen {contract.BALANCER_PORT};", f"listen {addresses[name]}:{contract.BALANCER_PORT};")
+            conf = conf.replace("worker_processes auto;", "worker_processes 1;")
+            procs.append(start_nginx(tmp / name, conf, extra, cpu=BALANCER_CPU))
+            wait_ok(url(addresses[name]), headers)
+            scripts[name] = lua_script(tmp / f"{name}.lua", headers)
+            # Warm-up: keep-alive pools, resolution, the split's and zones' first entries.
+            subprocess.run(["taskset", "-c", LOAD_CPU, "wrk", "-t1", f"-c{args.connections}", "-d2s", "-s", str(scripts[name]),
+                            url(addresses[name])], capture_output=True, timeout=60, check=True)
+        # Short runs taking turns (order alternating): the other load on the machine drifts
+        # slowly, so the two runs of a round see about the same machine.
         for round_ in range(args.rounds):
             order = list(variants) if round_ % 2 == 0 else list(reversed(variants))
             for name in order:
-                s, headers = variants[name]
-                extra = {API_KEYS_FILE: render_api_keys({"bench": KEY})} if s.balancer.access.api_keys else {}
-                conf = render(s).replace(f"listen {contract.BALANCER_PORT};", f"listen {BALANCER}:{contract.BALANCER_PORT};")
-                balancer = start_nginx(tmp / name, conf, extra)
-                try:
-                    wait_ok(url, headers)
-                    script = lua_script(tmp / f"{name}.lua", headers)
-                    # Warm-up (keep-alive pools, resolution), then the measured run.
-                    subprocess.run(["wrk", "-t1", f"-c{args.connections}", "-d1s", "-s", str(script), url],
-                                   capture_output=True, timeout=60, check=True)
-                    out = subprocess.run(["wrk", "-t1", f"-c{args.connections}", f"-d{max(1, round(args.duration))}s",
-                                          "--latency", "-s", str(script), url],
-                                         capture_output=True, text=True, timeout=args.duration + 60, check=True).stdout
-                    results[name].append(parse_wrk(out))
-                finally:
-                    balancer.send_signal(signal.SIGTERM)
-                    balancer.wait(timeout=10)
+                out = subprocess.run(["taskset", "-c", LOAD_CPU, "wrk", "-t1", f"-c{args.connections}",
+                                      f"-d{max(1, round(args.duration))}s", "--latency", "-s", str(scripts[name]),
+                                      url(addresses[name])],
+                                     capture_output=True, text=True, timeout=args.duration + 60, check=True).stdout
+                results[name].append(parse_wrk(out))
     finally:
         for proc in procs:
             proc.send_signal(signal.SIGTERM)
@@ -188,8 +202,8 @@ def main() -> int:
         dns.stop()
         shutil.rmtree(tmp, ignore_errors=True)
 
-    print(f"balancer benchmark: {args.rounds} rounds x {args.duration:g} s, {args.connections} connections, "
-          f"{os.cpu_count()} cores shared by wrk, the balancer and the stand-in replicas")
+    print(f"balancer benchmark: {args.rounds} rounds x {args.duration:g} s, {args.connections} connections; "
+          f"balancer (1 worker) on core {BALANCER_CPU}, wrk and the stand-in replicas on core {LOAD_CPU}")
     print(f"{'round':>5} {'plain req/s':>12} {'p99 ms':>7} {'featured req/s':>15} {'p99 ms':>7} {'ratio':>6} {'non-2xx':>8}")
     ratios = []
     for i, (plain, featured) in enumerate(zip(results["plain"], results["featured"], strict=True)):
