@@ -11,7 +11,6 @@ hand-off timeout to its mirror relay plus scheduling noise on two shared cores; 
 from __future__ import annotations
 
 import json
-import math
 import os
 import signal
 import subprocess
@@ -31,7 +30,7 @@ from nginx.render import MIRROR_HANDOFF_TIMEOUT_MS, RESOLVER_VALID_S
 from procstack.stack import LocalStack
 from stackconfig.names import MLFLOW_PRIVATE_URL, ROLE_BUCKET, ROLE_MINIO, ROLE_TRAINER
 
-from .helpers import info, service
+from .helpers import binomial_bound, info, service
 
 pytestmark = pytest.mark.e2e
 
@@ -53,7 +52,7 @@ FAULT_REQUESTS = 300
 
 
 def bound(n: int, p: float) -> float:
-    return 4 * math.sqrt(n * p * (1 - p)) + 1
+    return binomial_bound(n, p)
 
 
 @lru_cache(maxsize=1)

@@ -5,10 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -25,6 +22,7 @@ from nginx.render import (
 )
 from stackconfig.names import weight_alias
 from stackconfig.settings import MAX_WEIGHT, Settings, parse
+from tests.nginx.netns import isolated_command
 
 SCENARIO = Path(__file__).with_name("scenario.py")
 DEBIAN_NGINX = "/usr/sbin/nginx"
@@ -150,17 +148,7 @@ def test_status_snippet_passes_debian_nginx(tmp_path: Path) -> None:
 
 def _scenario_command(workdir: Path) -> list[str] | None:
     """Run the live scenario in its own network namespace when we may, else in ours if 127.0.0.11:53 is free."""
-    script = [sys.executable, str(SCENARIO), str(workdir)]
-    if os.geteuid() == 0 and shutil.which("unshare") and shutil.which("ip"):
-        probe = subprocess.run(["unshare", "-n", "true"], capture_output=True, timeout=10)
-        if probe.returncode == 0:
-            return ["unshare", "-n", "--", "sh", "-c", 'ip link set lo up && exec "$@"', "sh", *script]
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            sock.bind((RESOLVER_ADDRESS, 53))
-    except OSError:
-        return None
-    return script
+    return isolated_command(SCENARIO, str(workdir))
 
 
 @pytest.mark.live
