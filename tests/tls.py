@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import functools
+import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -19,6 +21,8 @@ class TestCertificate:
 @functools.cache
 def self_signed(common_name: str = "localhost", ip: str = "127.0.0.5") -> TestCertificate:
     directory = Path(tempfile.mkdtemp(prefix="mlserve-tls-"))
+    # A private key, even a throwaway one, does not stay behind in /tmp.
+    atexit.register(shutil.rmtree, directory, True)
     subprocess.run(
         ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(directory / "key.pem"),
          "-out", str(directory / "cert.pem"), "-days", "2", "-subj", f"/CN={common_name}",
