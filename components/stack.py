@@ -10,6 +10,7 @@ import pulumi_docker as docker
 
 from components.artifacts import ArtifactStore
 from components.balancer import Balancer
+from components.common import after_success
 from components.images import AppImages
 from components.metadata import MetadataStore
 from components.network import PrivateNetwork
@@ -72,7 +73,8 @@ def declare(settings: Settings) -> DeclaredServing:
         image=images.tracking,
         network=network.name,
         backend_uri=metadata.backend_uri,
-        bucket=artifacts.bucket,
+        # Known only once the bucket job exited 0: MLflow never creates its bucket.
+        bucket=after_success(artifacts.bucket_job, artifacts.bucket),
         s3_endpoint=artifacts.endpoint,
         s3_access_key=artifacts.access_key,
         s3_secret_key=artifacts.secret_key,

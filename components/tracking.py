@@ -82,7 +82,7 @@ class TrackingServer(pulumi.ComponentResource):
         image: pulumi.Input[str],
         network: pulumi.Input[str],
         backend_uri: pulumi.Input[str],
-        bucket: str,
+        bucket: pulumi.Input[str],
         s3_endpoint: str,
         s3_access_key: pulumi.Input[str],
         s3_secret_key: pulumi.Input[str],
@@ -92,10 +92,10 @@ class TrackingServer(pulumi.ComponentResource):
         super().__init__(type_token("TrackingServer"), name, None, opts)
         self.url = MLFLOW_PRIVATE_URL
         # Credentials go through the environment (a secret input), never the command line.
-        envs = pulumi.Output.all(backend_uri, s3_access_key, s3_secret_key).apply(
+        envs = pulumi.Output.all(backend_uri, s3_access_key, s3_secret_key, bucket).apply(
             lambda v: [
                 f"MLFLOW_BACKEND_STORE_URI={v[0]}",
-                f"MLFLOW_ARTIFACTS_DESTINATION=s3://{bucket}",
+                f"MLFLOW_ARTIFACTS_DESTINATION=s3://{v[3]}",
                 f"MLFLOW_S3_ENDPOINT_URL={s3_endpoint}",
                 f"AWS_ACCESS_KEY_ID={v[1]}",
                 f"AWS_SECRET_ACCESS_KEY={v[2]}",

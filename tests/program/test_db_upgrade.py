@@ -46,3 +46,12 @@ def test_a_failed_migration_stops_before_the_server_and_what_needs_it() -> None:
 def test_a_successful_migration_lets_the_whole_stack_through() -> None:
     result = attempt("dev", exit_codes={"mlflow-db-upgrade-0.1.0": 0})
     assert result.error is None and result.declared.container("mlflow")
+
+
+def test_a_failed_bucket_job_stops_before_the_server() -> None:
+    """The same gate for the one-shot job that makes MLflow's bucket (MLflow never creates it)."""
+    result = attempt("dev", exit_codes={"minio-bucket": 2})
+    assert isinstance(result.error, JobFailed), result.error
+    assert "mlserve-dev-minio-bucket" in str(result.error) and "exited with 2" in str(result.error)
+    registered = {r.name for r in result.declared.containers()}
+    assert "minio-bucket" in registered and not registered & {"mlflow", "trainer", "replica-0"}, registered
