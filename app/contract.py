@@ -65,6 +65,10 @@ ENV_PAYLOAD_LOG_FLUSH_S = "MLSERVE_PAYLOAD_LOG_FLUSH_S"
 # MLflow server's artifact proxy (`--serve-artifacts`), which replicas reach without S3 keys.
 PAYLOAD_LOG_PREFIX = "payload-logs"
 MLFLOW_ARTIFACTS_API = "/api/2.0/mlflow-artifacts/artifacts"
+# Seconds after its model loaded within which the health probe wants proof that the balancer
+# routes to this replica (an answered invocation) before it calls the replica healthy; 0 or
+# unset: ready is enough. See app/server/probe.py.
+ENV_ROTATION_GRACE_S = "MLSERVE_ROTATION_GRACE_S"
 
 # Trainer configuration (it also reads ENV_TRACKING_URI, ENV_MODEL_NAME, ENV_MODEL_ALIAS).
 ENV_TRAINER_ONLY_IF_EMPTY = "MLSERVE_TRAINER_ONLY_IF_EMPTY"

@@ -55,6 +55,7 @@ from __future__ import annotations
 import pulumi
 import pulumi_docker as docker
 
+import nginx.render as nginx_render
 from app import contract
 from components.common import REPLICA_PROBE, healthcheck, service_container, type_token
 from stackconfig.names import ROLE_REPLICA, container_name, replica_resource, weight_alias
@@ -102,11 +103,23 @@ def replica_envs(settings: Settings, group: ReplicaGroup, instance_id: str, trac
         f"{contract.ENV_DEVICE}={contract.DEVICE_AUTO}",
         f"{contract.ENV_PREDICT_KERNELS}={'true' if serving.predict_kernels else 'false'}",
         f"{contract.ENV_PAYLOAD_LOG_PERCENT}={serving.payload_log_percent:g}",
+        f"{contract.ENV_ROTATION_GRACE_S}={rotation_grace_s(settings)}",
     ]
     if group.role == GROUP_SHADOW:
         # A shadow scores each copy with the primary's alias too and counts where they agree.
         envs.append(f"{contract.ENV_COMPARE_ALIAS}={settings.default_group.model.alias}")
     return envs
+
+
+def rotation_grace_s(settings: Settings) -> int:
+    """How long after its model loaded a replica without traffic is taken to be in rotation.
+
+    Healthy must mean in nginx's rotation, or a rollout stops the next replica while the new
+    one is still shut out: nginx counts the 503s a loading replica answers (Docker's DNS names
+    it from its start) and skips it for fail_timeout, and finds an address change within its
+    DNS refresh period. The probe (app/server/probe.py) calls the replica healthy once it has
+    answered an invocation, or once this much time has passed since its model loaded."""
+    return settings.balancer.fail_timeout_s + nginx_render.RESOLVER_VALID_S + 1
 
 
 def gpu_args(gpu: GpuSettings, index: int) -> tuple[str | None, list[docker.ContainerDeviceRequestArgs] | None]:

@@ -336,6 +336,8 @@ class ReplicaApp:
             "last_registry_check": mgr.registry.last_success_at,
             "registry": mgr.registry.as_dict(),
             "pending": self.pending,
+            # Invocations answered 200 so far: the health probe's proof that the balancer routes here.
+            "served": self.served,
         }
         return 200, orjson.dumps(doc), _H_JSON, []
 
