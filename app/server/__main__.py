@@ -6,6 +6,7 @@ import logging
 import os
 import sys
 import threading
+import time
 from types import FrameType
 
 import uvicorn
@@ -80,7 +81,25 @@ def main() -> int:
     )
     server = _Server(ucfg, replica, max(1.0, cfg.shutdown_grace_s - 0.25))
     server.run()
+    if server.should_exit and server._watchdog is not None:  # stopped by a signal, not crashed
+        _linger(min(LINGER_S, cfg.shutdown_grace_s - 1.0))
     return 0
+
+
+# After a stop signal uvicorn closes the listening socket at once and exits when the last
+# request is answered, which can take milliseconds. Once the process exits, Docker's DNS drops
+# the address, but nginx keeps it until its next lookup (up to its resolver's `valid`), and a
+# connect to an address nobody holds waits for the whole connect timeout instead of failing.
+# Held a little longer, the address refuses connections instead: nginx retries elsewhere at
+# the cost of a retry and marks this replica failed for its fail_timeout, which covers the
+# lookup delay after the exit. A second is a few hundred requests at the loads this serves.
+LINGER_S = 1.0
+
+
+def _linger(seconds: float) -> None:
+    if seconds > 0:
+        log.info("stopped listening; holding the address before exit", extra={"seconds": round(seconds, 2)})
+        time.sleep(seconds)  # not a wait for a service: the process only keeps its address taken
 
 
 if __name__ == "__main__":
