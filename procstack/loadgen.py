@@ -44,6 +44,7 @@ class Answer:
     instance: str
     version: str
     error: str = ""
+    duration: float = 0.0  # seconds from sending the request to its answer (or failure)
 
 
 @dataclass
@@ -91,6 +92,7 @@ class Load:
                     if self._sent >= self.max_requests:
                         return
                     self._sent += 1
+                sent = time.monotonic()
                 try:
                     r = client.post(self.url, content=body)
                     answer = Answer(
@@ -99,9 +101,10 @@ class Load:
                         r.headers.get(contract.HEADER_INSTANCE_ID, ""),
                         r.headers.get(contract.HEADER_MODEL_VERSION, ""),
                         "" if r.status_code == 200 else r.text[:200],
+                        time.monotonic() - sent,
                     )
                 except httpx.HTTPError as exc:
-                    answer = Answer(time.monotonic() - self.run.started, 0, "", "", repr(exc))
+                    answer = Answer(time.monotonic() - self.run.started, 0, "", "", repr(exc), time.monotonic() - sent)
                 with self._lock:
                     self.run.answers.append(answer)
 

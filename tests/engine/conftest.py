@@ -1,0 +1,82 @@
+"""The dev-shaped test stack (Pulumi.enginetest.yaml) on a real Docker engine, for the module.
+
+Brought up with `enginestack` (the stand-in for `pulumi up`) on a free loopback port and taken
+down afterwards with everything it made: containers, network, volumes and the two app image tags
+(the stand-in base images stay cached, see README). No engine answering skips these tests, except
+in CI (CI=true), where scripts/test.sh has started one and a missing engine is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from stackconfig.names import LABEL_ROLE
+
+STACK = "enginetest"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def engine() -> Any:
+    import docker
+
+    try:
+        client = docker.from_env(timeout=600)
+        client.ping()
+    except Exception as exc:  # noqa: BLE001 - any failure means no usable engine
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"no Docker engine answers ({exc}); `bash scripts/engine.sh start` starts one")
+    return client
+
+
+class Running:
+    """The stack under test: the applier, its config and helpers to read the engine."""
+
+    def __init__(self, engine: Any) -> None:
+        from enginestack.apply import EngineStack
+
+        self.engine = engine
+        self.stack = EngineStack(STACK, engine, log=lambda line: print(line, flush=True))
+        self.port = free_port()
+        self.config: dict[str, object | None] = {"balancerPort": self.port}
+        self.entry = f"http://127.0.0.1:{self.port}"
+
+    def up(self, **changes: object) -> Any:
+        self.config.update(changes)
+        return self.stack.up(self.config)
+
+    def containers(self, role: str | None = None) -> list[Any]:
+        found = [c for c in self.stack.running() if role is None or (c.labels or {}).get(LABEL_ROLE) == role]
+        for c in found:
+            c.reload()
+        return sorted(found, key=lambda c: c.name)
+
+    def container(self, name: str) -> Any:
+        c = self.engine.containers.get(f"mlserve-{STACK}-{name}")
+        c.reload()
+        return c
+
+
+@pytest.fixture(scope="module")
+def running(engine: Any) -> Iterator[Running]:
+    from enginestack import standins
+
+    standins.build_standins(engine, log=lambda line: None)
+    stack = Running(engine)
+    stack.stack.down(purge=True)  # leftovers of an interrupted run
+    try:
+        stack.up()
+        yield stack
+    finally:
+        stack.stack.down(purge=True, remove_images=True)
