@@ -4,6 +4,7 @@
     python -m enginestack up [--stack dev] [--set key=value ...] [--official-images]
     python -m enginestack status [--stack dev]
     python -m enginestack down [--stack dev] [--purge] [--remove-images]
+    python -m enginestack report [--max-replicas 4] [--duration 10]   table + PNG in benchmarks/out/
 
 `up` builds the stand-in images and the project's images, applies the declared stack and prints
 `entry URL: http://127.0.0.1:PORT` and one line per replica container. Unless
@@ -57,6 +58,11 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     images = sub.add_parser("images", help="build the stand-in images (cached), or remove them")
     images.add_argument("--remove", action="store_true")
+    rep = sub.add_parser("report", help="throughput and p99 by replica count under a CPU quota (table + PNG)")
+    rep.add_argument("--max-replicas", type=int, default=4)
+    rep.add_argument("--duration", type=float, default=10.0)
+    rep.add_argument("--connections", type=int, default=32)
+    rep.add_argument("--out", default="benchmarks/out")
     for name in ("up", "status", "down"):
         p = sub.add_parser(name)
         p.add_argument("--stack", default="dev")
@@ -75,6 +81,15 @@ def main(argv: list[str] | None = None) -> int:
         else:
             for key, built in standins.build_standins(client).items():
                 print(f"{key}: {built.tag} {built.image_id[:19]} ({built.seconds:.0f} s)")
+        return 0
+
+    if args.command == "report":
+        from pathlib import Path
+
+        from enginestack.report import report
+
+        standins.build_standins(client, log=lambda line: None)
+        report(args.max_replicas, args.duration, args.connections, Path(args.out))
         return 0
 
     stack = EngineStack(args.stack, client)

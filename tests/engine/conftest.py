@@ -70,13 +70,22 @@ class Running:
 
 @pytest.fixture(scope="module")
 def running(engine: Any) -> Iterator[Running]:
-    from enginestack import standins
+    from enginestack import stack_lock, standins
 
     standins.build_standins(engine, log=lambda line: None)
-    stack = Running(engine)
-    stack.stack.down(purge=True)  # leftovers of an interrupted run
-    try:
-        stack.up()
-        yield stack
-    finally:
-        stack.stack.down(purge=True, remove_images=True)
+    with stack_lock(STACK):
+        stack = Running(engine)
+        # MLSERVE_ENGINE_KEEP=1 (while writing tests): reuse a stack left running, and leave it.
+        keep = os.environ.get("MLSERVE_ENGINE_KEEP") == "1"
+        if keep:
+            stack.port = int(os.environ.get("MLSERVE_ENGINE_PORT", "18080"))
+            stack.config["balancerPort"] = stack.port
+            stack.entry = f"http://127.0.0.1:{stack.port}"
+        else:
+            stack.stack.down(purge=True)  # leftovers of an interrupted run
+        try:
+            stack.up()
+            yield stack
+        finally:
+            if not keep:
+                stack.stack.down(purge=True, remove_images=True)
