@@ -193,3 +193,14 @@ def test_fifty_replicas() -> None:
     stack = run_program("dev", {"replicas": 50})
     assert len(stack.replicas()) == 50
     assert stack.output("replicaNames") == [f"mlserve-dev-replica-{i}" for i in range(50)]
+
+
+def test_replicas_wait_for_rotation_as_long_as_nginx_shuts_a_failed_one_out() -> None:
+    """The probe's grace is the balancer's fail_timeout plus its DNS refresh period (and a second)."""
+    from app import contract
+    from nginx.render import RESOLVER_VALID_S
+
+    stack = run_program("dev", {"balancerFailTimeoutSeconds": 7})
+    for replica in stack.replicas():
+        env = dict(e.split("=", 1) for e in replica.inputs["envs"])
+        assert env[contract.ENV_ROTATION_GRACE_S] == str(7 + RESOLVER_VALID_S + 1)
