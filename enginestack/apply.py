@@ -223,10 +223,12 @@ class EngineStack:
         if spec.attach:
             result = self.api.wait(cid)
             code = int(result.get("StatusCode", -1))
-            # The provider records the exit code and carries on; a failed job is worth a line.
+            # The provider records the exit code and carries on, but the program reads it back
+            # (components/common.py) and fails what depends on a job that did not exit 0: with
+            # Pulumi the run stops there, and so it does here.
             if code != 0:
                 tail = self.api.logs(cid, tail=20).decode(errors="replace")
-                self.log(f"warning: {spec.name} exited with {code}; last lines:\n{tail}")
+                raise ApplyError(f"{spec.name} exited with {code}; what depends on it is not applied. Last lines:\n{tail}")
         return cid
 
     def _wait_healthy(self, spec: ContainerSpec, cid: str) -> None:
