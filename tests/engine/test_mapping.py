@@ -123,3 +123,16 @@ def test_in_place_inputs_do_not_replace() -> None:
     assert inputs_digest({**base, "memory": 4096, "memorySwap": 4096, "restart": "always"}) == inputs_digest(base)
     assert inputs_digest({**base, "cpus": "2"}) != inputs_digest(base)
     assert inputs_digest({**base, "envs": [*base["envs"], "X=1"]}) != inputs_digest(base)
+
+
+def test_the_test_stack_is_valid_and_names_only_standins() -> None:
+    """Pulumi.enginetest.yaml passes the program's validation (caught here, not minutes into an
+    engine run) and selects a stand-in for every image a registry would serve."""
+    from enginestack import standins
+
+    stack = run_program("enginetest")
+    images = standins.test_stack_images()
+    settings = stack.settings()
+    assert (settings.images.mysql, settings.images.minio, settings.images.minio_client, settings.images.nginx, settings.images.python) == (
+        images["mysqlImage"], images["minioImage"], images["minioClientImage"], images["nginxImage"], images["pythonImage"])
+    assert settings.balancer.bind_ip == "127.0.0.1"
