@@ -22,7 +22,7 @@ import pytest
 
 from app import contract
 from procstack.loadgen import Load, LoadRun
-from stackconfig.names import LABEL_ROLE, ROLE_BALANCER, ROLE_MLFLOW, ROLE_REPLICA, ROLES
+from stackconfig.names import LABEL_ROLE, ONE_SHOT_ROLES, ROLE_BALANCER, ROLE_MLFLOW, ROLE_REPLICA, ROLES
 from tests.engine.conftest import STACK, Running
 
 pytestmark = pytest.mark.engine
@@ -68,7 +68,7 @@ def test_every_container_healthy(running: Running) -> None:
     assert roles == set(ROLES)
     for c in containers:
         role = c.labels[LABEL_ROLE]
-        if role in ("minio-bucket", "trainer"):
+        if role in ONE_SHOT_ROLES:
             assert c.attrs["State"]["Status"] == "exited" and c.attrs["State"]["ExitCode"] == 0, c.name
         else:
             assert c.status == "running" and _health(c) == "healthy", (c.name, c.status, _health(c))
