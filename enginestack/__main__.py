@@ -61,7 +61,6 @@ def main(argv: list[str] | None = None) -> int:
     rep = sub.add_parser("report", help="throughput and p99 by replica count under a CPU quota (table + PNG)")
     rep.add_argument("--max-replicas", type=int, default=4)
     rep.add_argument("--duration", type=float, default=10.0)
-    rep.add_argument("--connections", type=int, default=32)
     rep.add_argument("--out", default="benchmarks/out")
     for name in ("up", "status", "down"):
         p = sub.add_parser(name)
@@ -89,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         from enginestack.report import report
 
         standins.build_standins(client, log=lambda line: None)
-        report(args.max_replicas, args.duration, args.connections, Path(args.out))
+        report(args.max_replicas, args.duration, Path(args.out))
         return 0
 
     stack = EngineStack(args.stack, client)

@@ -39,7 +39,10 @@ case "${1:-}" in
     fi
     echo "engine: starting dockerd (log: $log)" >&2
     # setsid: the engine outlives neither its starter's terminal signals nor keeps its stdio.
-    "${sudo_cmd[@]}" setsid dockerd >"$log" 2>&1 </dev/null &
+    # --userland-proxy=false: published ports on 127.0.0.1 go through the kernel's NAT instead of
+    # one docker-proxy process per port copying every byte (which, on two cores, capped the
+    # balancer's throughput before the replicas did).
+    "${sudo_cmd[@]}" setsid dockerd --userland-proxy=false >"$log" 2>&1 </dev/null &
     pid=$!
     deadline=$((SECONDS + 60))
     until engine_answers; do
