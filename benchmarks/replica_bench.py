@@ -19,6 +19,8 @@ One run:
     .venv/bin/python benchmarks/replica_bench.py [--duration 10] [--connections 8 32]
     # quicker iterations on the replica alone (ratios only for the pairs measured):
     .venv/bin/python benchmarks/replica_bench.py --connections 32 --only ours,ceiling
+    # the replica against itself on uvicorn's own protocol (head and body in two writes):
+    .venv/bin/python benchmarks/replica_bench.py --only ours,ours-2w
 
 Needs `wrk` and `taskset` and at least two cores. All traffic goes to 127.0.0.1; every
 process it starts is stopped in `finally`.
@@ -88,13 +90,15 @@ def main() -> int:
     ap.add_argument("--max-batch-size", default="32", help="the stack default (maxBatchSize)")
     ap.add_argument("--max-batch-wait-ms", default="2", help="the stack default (maxBatchWaitMs)")
     ap.add_argument("--json", help="also write the figures to this file")
-    ap.add_argument("--only", help="comma-separated subset of mlflow,ours,ours-est,ceiling,starlette-const to measure "
-                                   "(quicker iterations; ratios are printed for the pairs measured)")
+    ap.add_argument("--only", help="comma-separated subset of mlflow,ours,ours-est,ours-2w,ceiling,starlette-const "
+                                   "to measure (quicker iterations; ratios are printed for the pairs measured). "
+                                   "ours-2w, the replica on uvicorn's own protocol (head and body in two writes), "
+                                   "runs only when named here")
     ap.add_argument("--starlette", action=argparse.BooleanOptionalAction, default=True,
                     help="also measure the constant answer on Starlette (reference only)")
     args = ap.parse_args()
     wanted = set(args.only.split(",")) if args.only else set()
-    known = {"mlflow", "ours", "ours-est", "ceiling", "starlette-const"}
+    known = {"mlflow", "ours", "ours-est", "ours-2w", "ceiling", "starlette-const"}
     if wanted - known:
         print(f"--only: unknown {sorted(wanted - known)}", file=sys.stderr)
         return 2
@@ -124,13 +128,27 @@ def main() -> int:
         def theirs() -> rp.Proc:
             return rp.start_mlflow_serve(tracking.url, model_uri, tmp, cpus=SERVER_CPU)
 
+        def knobs(kernels: str = "true") -> dict[str, str]:
+            return {contract.ENV_MAX_BATCH_SIZE: args.max_batch_size,
+                    contract.ENV_MAX_BATCH_WAIT_MS: args.max_batch_wait_ms,
+                    contract.ENV_POLL_INTERVAL_S: "30",
+                    contract.ENV_LOG_LEVEL: "info",
+                    contract.ENV_PREDICT_KERNELS: kernels}
+
         def ours(kernels: str = "true") -> rp.Proc:
-            return rp.start_replica(tracking.url, MODEL, ALIAS, tmp, cpus=SERVER_CPU,
-                                    **{contract.ENV_MAX_BATCH_SIZE: args.max_batch_size,
-                                       contract.ENV_MAX_BATCH_WAIT_MS: args.max_batch_wait_ms,
-                                       contract.ENV_POLL_INTERVAL_S: "30",
-                                       contract.ENV_LOG_LEVEL: "info",
-                                       contract.ENV_PREDICT_KERNELS: kernels})
+            return rp.start_replica(tracking.url, MODEL, ALIAS, tmp, cpus=SERVER_CPU, **knobs(kernels))
+
+        def two_writes() -> rp.Proc:
+            port = rp.free_port()
+            p = rp.Proc("replica-2w", ["taskset", "-c", SERVER_CPU, rp.PY, "-m", "benchmarks.replica_two_writes"],
+                        rp.replica_env(tracking.url, MODEL, ALIAS, port, **knobs()), tmp / f"replica-2w-{port}.log",
+                        port=port).start()
+            try:
+                p.wait_http(contract.ROUTE_READY, 120)
+            except BaseException:
+                p.stop()
+                raise
+            return p
 
         def ceiling(variant: str = "asgi") -> rp.Proc:
             port = rp.free_port()
@@ -145,6 +163,8 @@ def main() -> int:
 
         servers: dict[str, rp.Proc] = {}
         factories = [("mlflow", theirs), ("ours", ours), ("ours-est", lambda: ours("false")), ("ceiling", ceiling)]
+        if "ours-2w" in wanted:
+            factories.insert(2, ("ours-2w", two_writes))
         if args.starlette:
             factories.append(("starlette-const", lambda: ceiling("starlette")))
         if args.only:
@@ -219,6 +239,12 @@ def main() -> int:
                 parts.append(f"/ceiling req/s {_span(est_ceil, '.2f')}")
                 ratios["est_rps_vs_ceiling"] = statistics.median(est_ceil)
             print("        ours-est (kernel off) " + "   ".join(parts))
+        w_rs = runs.get("ours-2w", {}).get(c)
+        if o_rs and w_rs:
+            one_write = _per_round(o_rs, w_rs, "rps")
+            print(f"        ours (one write per response) / ours-2w (uvicorn's two writes) req/s {_span(one_write, '.3f')}"
+                  f"   p99 {_span(_per_round(o_rs, w_rs, 'p99'), '.3f')}")
+            ratios["rps_vs_two_writes"] = statistics.median(one_write)
         if o_rs and "starlette-const" in runs:
             st = _per_round(o_rs, runs["starlette-const"][c], "rps")
             print(f"        ours / constant answer on Starlette (reference, not the ceiling): {_span(st, '.2f')}")

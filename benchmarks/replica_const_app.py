@@ -1,6 +1,7 @@
 """The ceiling: a constant answer on the replica's own stack (bare ASGI on uvicorn with
-httptools and uvloop, one worker). It reads the body and answers what a one-row
-prediction looks like, with the same kind of headers, and does no other work.
+httptools and uvloop, one worker, the replica's one-write protocol). It reads the body and
+answers what a one-row prediction looks like, with the same kind of headers, and does no
+other work.
 
 Run by replica_bench.py as `python -m benchmarks.replica_const_app PORT`.
 """
@@ -55,6 +56,11 @@ def starlette_app() -> Any:
 if __name__ == "__main__":
     import uvicorn
 
-    target = starlette_app() if len(sys.argv) > 2 and sys.argv[2] == "starlette" else app
-    uvicorn.run(target, host="127.0.0.1", port=int(sys.argv[1]), loop="uvloop", http="httptools",
+    from app.server.protocol import OneWriteHttpToolsProtocol
+
+    starlette = len(sys.argv) > 2 and sys.argv[2] == "starlette"
+    target = starlette_app() if starlette else app
+    # The ceiling runs on the replica's own HTTP protocol; the Starlette reference on uvicorn's.
+    uvicorn.run(target, host="127.0.0.1", port=int(sys.argv[1]), loop="uvloop",
+                http="httptools" if starlette else OneWriteHttpToolsProtocol,
                 access_log=False, server_header=False, proxy_headers=False, date_header=False, lifespan="on", log_level="warning")

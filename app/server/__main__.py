@@ -15,6 +15,7 @@ from app.server import config as config_mod
 from app.server import logs
 from app.server.asgi import ReplicaApp
 from app.server.manager import bound_mlflow_client
+from app.server.protocol import OneWriteHttpToolsProtocol
 
 log = logging.getLogger("app.server")
 
@@ -59,15 +60,24 @@ def main() -> int:
     bound_mlflow_client()
     logs.setup(cfg.instance_id, cfg.log_level)
     replica = ReplicaApp(cfg)
+    server = _Server(server_config(cfg, replica), replica, max(1.0, cfg.shutdown_grace_s - 0.25))
+    server.run()
+    if server.should_exit and server._watchdog is not None:  # stopped by a signal, not crashed
+        _linger(min(LINGER_S, cfg.shutdown_grace_s - 1.0))
+    return 0
+
+
+def server_config(cfg: config_mod.Config, replica: ReplicaApp) -> uvicorn.Config:
     # uvicorn stops accepting, lets open requests finish for this long, then runs the
     # lifespan shutdown; a little of the grace period is kept for that and for exiting.
     drain_s = max(0.5, cfg.shutdown_grace_s - 1.0)
-    ucfg = uvicorn.Config(
+    return uvicorn.Config(
         replica,
         host=cfg.bind_host,
         port=cfg.port,
         loop="uvloop",
-        http="httptools",
+        # httptools, with each response's head and body in one write (protocol.py).
+        http=OneWriteHttpToolsProtocol,
         lifespan="on",
         workers=1,
         access_log=False,
@@ -79,11 +89,6 @@ def main() -> int:
         timeout_keep_alive=KEEPALIVE_S,
         timeout_graceful_shutdown=int(drain_s) if drain_s >= 1 else 1,
     )
-    server = _Server(ucfg, replica, max(1.0, cfg.shutdown_grace_s - 0.25))
-    server.run()
-    if server.should_exit and server._watchdog is not None:  # stopped by a signal, not crashed
-        _linger(min(LINGER_S, cfg.shutdown_grace_s - 1.0))
-    return 0
 
 
 # After a stop signal uvicorn closes the listening socket at once and exits when the last

