@@ -70,6 +70,12 @@ MLFLOW_ARTIFACTS_API = "/api/2.0/mlflow-artifacts/artifacts"
 # unset: ready is enough. See app/server/probe.py.
 ENV_ROTATION_GRACE_S = "MLSERVE_ROTATION_GRACE_S"
 
+# Serving processes of one replica: a whole number (1: one process, as before; 2 or more: a
+# supervisor and that many workers on the one port), or WORKERS_PER_GPU (one per visible GPU).
+ENV_WORKERS = "MLSERVE_WORKERS"
+WORKERS_PER_GPU = "per-gpu"
+MAX_WORKERS = 64
+
 # Trainer configuration (it also reads ENV_TRACKING_URI, ENV_MODEL_NAME, ENV_MODEL_ALIAS).
 ENV_TRAINER_ONLY_IF_EMPTY = "MLSERVE_TRAINER_ONLY_IF_EMPTY"
 

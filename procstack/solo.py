@@ -130,6 +130,20 @@ class Proc:
         return total
 
 
+    def pss_bytes(self) -> int:
+        """Proportional set size of the process and its descendants: pages shared between them
+        (a forked replica's libraries) count once in the sum, as in the container's memory."""
+        if self.popen is None:
+            return 0
+        total = 0
+        for pid in _descendants(self.popen.pid):
+            with contextlib.suppress(OSError):
+                for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                    if line.startswith("Pss:"):
+                        total += int(line.split()[1]) * 1024
+        return total
+
+
 def _descendants(pid: int) -> list[int]:
     children: dict[int, list[int]] = {}
     for d in Path("/proc").iterdir():

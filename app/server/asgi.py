@@ -14,6 +14,7 @@ invocations goes to the payload log (payloads.py).
 
 from __future__ import annotations
 
+import array
 import asyncio
 import logging
 import os
@@ -26,6 +27,7 @@ import orjson
 from app import contract
 from app.server import logs
 from app.server.batcher import Batcher, Item
+from app.server.board import SLOT_INTS, W_PENDING, W_SERVED
 from app.server.config import Config
 from app.server.manager import ModelManager
 from app.server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -53,11 +55,40 @@ _H_KEY_NAME = contract.HEADER_API_KEY_NAME.lower().encode()
 PAYLOAD_FLUSH_ON_STOP_S = 5.0
 
 
+class Solo:
+    """The process's place in its replica when it is the replica's only process."""
+
+    def __init__(self) -> None:
+        self.slot = array.array("q", bytes(8 * SLOT_INTS))
+        self.base = 0
+        self.suffix = ""  # of names this process writes (payload log objects)
+
+    def replica_draining(self) -> bool:
+        return False
+
+    def served(self, own: int) -> int:
+        return own
+
+    def workers(self, pending: int, served: int) -> dict[str, Any]:
+        return {"configured": 1, "serving": 1, "restarts": 0,
+                "processes": [{"index": 0, "pid": os.getpid(), "state": "serving", "pending": pending,
+                               "served": served}]}
+
+
 class ReplicaApp:
-    def __init__(self, cfg: Config, manager: ModelManager | None = None, metrics: Metrics | None = None) -> None:
+    def __init__(self, cfg: Config, manager: ModelManager | None = None, metrics: Metrics | None = None,
+                 place: Any = None, compare_manager: Any = None) -> None:
+        """`place`: where this process sits in a replica of several (worker.Place); None: alone.
+        `compare_manager`: for a shadow, what follows the primary's alias (default: its own poller)."""
         self.cfg = cfg
         self.metrics = metrics or Metrics(cfg.instance_id, cfg.model_name, cfg.model_alias)
         self.manager = manager or ModelManager(cfg, self.metrics)
+        self.place = place or Solo()
+        # This process's figures on the board (its own slot): the supervisor and the other
+        # processes read them for /health and /metrics of the whole replica.
+        self._board = self.place.slot
+        self._b_pending = self.place.base + W_PENDING
+        self._b_served = self.place.base + W_SERVED
         self.batcher: Batcher | None = None
         self.draining = False
         self.pending = 0
@@ -66,16 +97,18 @@ class ReplicaApp:
         self._instance = cfg.instance_id.encode()
         self._model_headers = [(contract.HEADER_MODEL_NAME.lower().encode(), cfg.model_name.encode()),
                                (contract.HEADER_MODEL_ALIAS.lower().encode(), cfg.model_alias.encode())]
-        self.shadow = ShadowComparer(cfg, self.metrics) if cfg.compare_alias else None
-        self.payloads = (PayloadLog(cfg.tracking_uri, cfg.model_name, cfg.group, cfg.instance_id, cfg.payload_log_flush_s,
-                                    self.metrics) if cfg.payload_log_percent > 0 else None)
+        self.shadow = ShadowComparer(cfg, self.metrics, manager=compare_manager) if cfg.compare_alias else None
+        # Each process of a replica writes its own payload log objects (names must not collide).
+        self.payloads = (PayloadLog(cfg.tracking_uri, cfg.model_name, cfg.group, cfg.instance_id + self.place.suffix,
+                                    cfg.payload_log_flush_s, self.metrics) if cfg.payload_log_percent > 0 else None)
         self._sample = random.Random()
         self._timeout_answer = Answer(504, error_body(
             "DEADLINE_EXCEEDED", f"no answer within {cfg.scoring_timeout_s:g} s ({contract.ENV_SCORING_TIMEOUT_S})"))
         self._rid_prefix = os.urandom(6).hex()
         self._rid_counter = 0
-        # Read at scrape time instead of two gauge updates per request.
-        self.metrics.in_flight.set_function(lambda: self.pending)
+        if place is None:
+            # Read at scrape time instead of two gauge updates per request.
+            self.metrics.track_pending(lambda: self.pending)
         import mlflow.version
 
         self._mlflow_version = mlflow.version.VERSION.encode()
@@ -225,6 +258,7 @@ class ReplicaApp:
             return 503, error_body("TEMPORARILY_UNAVAILABLE", f"queue full ({self.cfg.max_queue} requests outstanding); retry later"), _H_JSON, [(b"retry-after", RETRY_AFTER_S.encode())]
         admitted = time.monotonic()
         self.pending += 1
+        self._board[self._b_pending] = self.pending
         self.receiving += 1
         queued = False
         try:
@@ -261,8 +295,10 @@ class ReplicaApp:
             if not queued:
                 self.receiving -= 1
             self.pending -= 1
+            self._board[self._b_pending] = self.pending
         if ans.status == 200:
             self.served += 1
+            self._board[self._b_served] = self.served
         ctype = _H_JSON if ans.content_type == _JSON else ans.content_type.encode()
         return ans.status, ans.body, ctype, [(_H_VERSION, m.version.encode())]
 
@@ -298,12 +334,12 @@ class ReplicaApp:
         return (200 if self.manager.current is not None else 503), b"\n", _H_JSON, []
 
     def _ready(self) -> tuple[int, bytes, bytes, list[tuple[bytes, bytes]]]:
-        ok = self.manager.current is not None and not self.draining
+        ok = self.manager.current is not None and not self.draining and not self.place.replica_draining()
         state = self.state()
         return (200 if ok else 503), orjson.dumps({"ready": ok, "state": state}), _H_JSON, []
 
     def state(self) -> str:
-        if self.draining:
+        if self.draining or self.place.replica_draining():
             return "draining"
         mgr = self.manager
         if mgr.current is None:
@@ -336,8 +372,11 @@ class ReplicaApp:
             "last_registry_check": mgr.registry.last_success_at,
             "registry": mgr.registry.as_dict(),
             "pending": self.pending,
-            # Invocations answered 200 so far: the health probe's proof that the balancer routes here.
-            "served": self.served,
+            # Invocations answered 200 so far, by the whole replica: the health probe's proof
+            # that the balancer routes here.
+            "served": self.place.served(self.served),
+            # The replica's serving processes (one, or a supervisor's workers): app/README.md.
+            "workers": self.place.workers(self.pending, self.served),
         }
         return 200, orjson.dumps(doc), _H_JSON, []
 

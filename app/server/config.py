@@ -52,6 +52,7 @@ class Config:
     compare_alias: str | None = None  # shadow replicas: the primary's alias
     payload_log_percent: float = DEFAULT_PAYLOAD_LOG_PERCENT
     payload_log_flush_s: float = DEFAULT_PAYLOAD_LOG_FLUSH_S
+    workers: int = 1  # serving processes; 0: one per visible GPU (contract.WORKERS_PER_GPU)
 
     @property
     def model_uri(self) -> str:
@@ -88,6 +89,13 @@ def from_env(env: Mapping[str, str] | None = None) -> Config:
     level = env.get(contract.ENV_LOG_LEVEL, "info").strip().lower() or "info"
     if level not in ("debug", "info", "warning", "error", "critical"):
         raise ConfigError(f"{contract.ENV_LOG_LEVEL} must be debug|info|warning|error|critical, got {level!r}")
+    raw_workers = env.get(contract.ENV_WORKERS, "").strip().lower()
+    try:
+        workers = 0 if raw_workers == contract.WORKERS_PER_GPU else int(
+            _num(env, contract.ENV_WORKERS, 1, 1, contract.MAX_WORKERS, integer=True))
+    except ConfigError:
+        raise ConfigError(f"{contract.ENV_WORKERS} must be a whole number from 1 to {contract.MAX_WORKERS} or "
+                          f"{contract.WORKERS_PER_GPU}, got {raw_workers!r}") from None
     kernels = env.get(contract.ENV_PREDICT_KERNELS, "true").strip().lower() or "true"
     if kernels not in _BOOLS:
         raise ConfigError(f"{contract.ENV_PREDICT_KERNELS} must be true or false, got {kernels!r}")
@@ -112,4 +120,5 @@ def from_env(env: Mapping[str, str] | None = None) -> Config:
         compare_alias=env.get(contract.ENV_COMPARE_ALIAS, "").strip() or None,
         payload_log_percent=_num(env, contract.ENV_PAYLOAD_LOG_PERCENT, DEFAULT_PAYLOAD_LOG_PERCENT, 0, 100),
         payload_log_flush_s=_num(env, contract.ENV_PAYLOAD_LOG_FLUSH_S, DEFAULT_PAYLOAD_LOG_FLUSH_S, 0.05, 3600),
+        workers=workers,
     )

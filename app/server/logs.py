@@ -15,9 +15,10 @@ _RESERVED = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"me
 
 
 class JsonFormatter(logging.Formatter):
-    def __init__(self, instance_id: str) -> None:
+    def __init__(self, instance_id: str, worker: int | None = None) -> None:
         super().__init__()
         self.instance_id = instance_id
+        self.worker = worker  # a replica's serving process; None: its only one, or its supervisor
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {
@@ -27,6 +28,8 @@ class JsonFormatter(logging.Formatter):
             "instance_id": self.instance_id,
             "msg": record.getMessage(),
         }
+        if self.worker is not None:
+            entry["worker"] = self.worker
         rid = request_id.get()
         if rid is not None:
             entry["request_id"] = rid
@@ -38,13 +41,13 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry, default=str).decode()
 
 
-def setup(instance_id: str, level: str) -> None:
+def setup(instance_id: str, level: str, worker: int | None = None) -> None:
     # MLflow installs its own plain-text handler when first imported: import it
     # now so the handler can be removed below.
     import mlflow  # noqa: F401
 
     handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(JsonFormatter(instance_id))
+    handler.setFormatter(JsonFormatter(instance_id, worker))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

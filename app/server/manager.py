@@ -81,17 +81,73 @@ class RegistryState:
         }
 
 
-class ModelManager:
-    def __init__(self, cfg: Config, metrics: Metrics,
-                 loader: Callable[[str, str, str, str, bool], model_mod.LoadedModel] = model_mod.load) -> None:
+class AliasFollower:
+    """What following an alias has seen: the version that serves, the last failure, the
+    registry's state, and the metrics and log lines each event makes. Shared by the one-process
+    ModelManager below and by the supervisor of a replica of several processes
+    (supervisor.py), which loads versions through its workers instead of itself."""
+
+    def __init__(self, cfg: Config, metrics: Metrics | None) -> None:
         self.cfg = cfg
-        self.metrics = metrics
-        self.loader = loader
-        self.current: model_mod.LoadedModel | None = None
+        self.metrics = metrics  # None: not exposed (a shadow's view of the primary's alias)
+        self.current: Any = None  # the version that serves (a LoadedModel, or its description)
         self.last_error: LoadError | None = None
         self.alias_version: str | None = None
         self.registry = RegistryState()
         self._failed_version: str | None = None
+
+    def _registry_failed(self, message: str) -> None:
+        reg = self.registry
+        now = time.time()
+        if reg.consecutive_failures == 0:
+            reg.failing_since = now
+        reg.ok = False
+        reg.consecutive_failures += 1
+        reg.last_error, reg.last_error_at = message, now
+        if self.metrics is not None:
+            self.metrics.registry_poll_failed()
+
+    def _registry_answered(self) -> None:
+        reg = self.registry
+        now = time.time()
+        if reg.consecutive_failures:
+            log.info("registry answers again", extra={"failed_polls": reg.consecutive_failures,
+                                                      "failing_for_s": round(now - (reg.failing_since or now), 3)})
+        reg.ok = True
+        reg.last_success_at = now
+        reg.failing_since = None
+        reg.consecutive_failures = 0
+        if self.metrics is not None:
+            self.metrics.registry_poll_succeeded(now)
+
+    def _fail(self, version: str | None, message: str) -> None:
+        self.last_error = LoadError(version, message, time.time())
+        if self.metrics is not None:
+            self.metrics.load_failures.inc()
+        self._failed_version = version
+        log.warning("model load failed" if version is not None else "registry poll failed",
+                    extra={"error": message, "serving_version": self.current.version if self.current else None,
+                           "consecutive_poll_failures": self.registry.consecutive_failures})
+
+    def _swapped(self, new: Any, previous: Any, seconds: float) -> None:
+        """After `current` became `new`: the error is moot, the metrics and the log say so."""
+        self.last_error = None
+        self._failed_version = None
+        if self.metrics is not None:
+            self.metrics.model_loaded(new.version, previous.version if previous else None, seconds)
+        log.info("serving model version", extra={"model": self.cfg.model_name, "version": new.version,
+                                                 "device": new.device, "flavor": new.flavor,
+                                                 "fast_path": new.fast is not None,
+                                                 "fast_kernel": new.fast.kernel_name if new.fast else None,
+                                                 "previous_version": previous.version if previous else None})
+
+
+class ModelManager(AliasFollower):
+    def __init__(self, cfg: Config, metrics: Metrics | None,
+                 loader: Callable[[str, str, str, str, bool], model_mod.LoadedModel] = model_mod.load) -> None:
+        super().__init__(cfg, metrics)
+        self.loader = loader
+        self.current: model_mod.LoadedModel | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-loader")
         self._task: asyncio.Task[None] | None = None
         self._client: Any = None
@@ -136,13 +192,7 @@ class ModelManager:
         self.current = new  # the swap: requests admitted from now on use `new`
         if cur is not None:
             self._retire(cur)
-        self.last_error = None
-        self._failed_version = None
-        self.metrics.model_loaded(new.version, cur.version if cur else None, time.monotonic() - started)
-        log.info("serving model version", extra={"model": new.name, "version": new.version, "device": new.device,
-                                                 "flavor": new.flavor, "fast_path": new.fast is not None,
-                                                 "fast_kernel": new.fast.kernel_name if new.fast else None,
-                                                 "previous_version": cur.version if cur else None})
+        self._swapped(new, cur, time.monotonic() - started)
         return True
 
     def _retire(self, old: model_mod.LoadedModel) -> None:
@@ -153,36 +203,6 @@ class ModelManager:
             gone = self._retired.pop(0)
             if gone.local_dir:
                 shutil.rmtree(gone.local_dir, ignore_errors=True)
-
-    def _registry_failed(self, message: str) -> None:
-        reg = self.registry
-        now = time.time()
-        if reg.consecutive_failures == 0:
-            reg.failing_since = now
-        reg.ok = False
-        reg.consecutive_failures += 1
-        reg.last_error, reg.last_error_at = message, now
-        self.metrics.registry_poll_failed()
-
-    def _registry_answered(self) -> None:
-        reg = self.registry
-        now = time.time()
-        if reg.consecutive_failures:
-            log.info("registry answers again", extra={"failed_polls": reg.consecutive_failures,
-                                                      "failing_for_s": round(now - (reg.failing_since or now), 3)})
-        reg.ok = True
-        reg.last_success_at = now
-        reg.failing_since = None
-        reg.consecutive_failures = 0
-        self.metrics.registry_poll_succeeded(now)
-
-    def _fail(self, version: str | None, message: str) -> None:
-        self.last_error = LoadError(version, message, time.time())
-        self.metrics.load_failures.inc()
-        self._failed_version = version
-        log.warning("model load failed" if version is not None else "registry poll failed",
-                    extra={"error": message, "serving_version": self.current.version if self.current else None,
-                           "consecutive_poll_failures": self.registry.consecutive_failures})
 
     async def run(self) -> None:
         """Poll forever: backoff while nothing or something broken is pending, else the interval."""

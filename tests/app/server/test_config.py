@@ -27,7 +27,8 @@ def test_config_defaults_and_overrides() -> None:
     (contract.ENV_PORT, "http"), (contract.ENV_PORT, "70000"), (contract.ENV_MAX_BATCH_SIZE, "0"),
     (contract.ENV_MAX_QUEUE, "1.5"), (contract.ENV_DEVICE, "tpu"), (contract.ENV_LOG_LEVEL, "loud"),
     (contract.ENV_MAX_BODY_BYTES, "-1"), (contract.ENV_POLL_INTERVAL_S, "never"),
-    (contract.ENV_PREDICT_KERNELS, "sometimes"),
+    (contract.ENV_PREDICT_KERNELS, "sometimes"), (contract.ENV_WORKERS, "0"), (contract.ENV_WORKERS, "65"),
+    (contract.ENV_WORKERS, "two"),
 ])
 def test_config_errors_name_the_variable(key: str, value: str) -> None:
     with pytest.raises(config_mod.ConfigError, match=key):
@@ -39,3 +40,9 @@ def test_config_requires_model_coordinates(missing: str) -> None:
     env = {k: v for k, v in BASE_ENV.items() if k != missing}
     with pytest.raises(config_mod.ConfigError, match=missing):
         config_mod.from_env(env)
+
+
+def test_workers_default_to_one_process_and_take_a_count_or_one_per_gpu() -> None:
+    assert config_mod.from_env(BASE_ENV).workers == 1
+    assert config_mod.from_env({**BASE_ENV, contract.ENV_WORKERS: "4"}).workers == 4
+    assert config_mod.from_env({**BASE_ENV, contract.ENV_WORKERS: contract.WORKERS_PER_GPU}).workers == 0
