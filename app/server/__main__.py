@@ -59,12 +59,21 @@ def main() -> int:
         return 2
     bound_mlflow_client()
     logs.setup(cfg.instance_id, cfg.log_level)
+    if cfg.workers != 1:
+        # Several serving processes under a supervisor (supervisor.py): each runs make_server's.
+        from app.server import supervisor
+
+        return supervisor.run(cfg, make_server, after_drain=lambda: _linger(min(LINGER_S, cfg.shutdown_grace_s - 1.0)))
     replica = ReplicaApp(cfg)
-    server = _Server(server_config(cfg, replica), replica, max(1.0, cfg.shutdown_grace_s - 0.25))
+    server = make_server(cfg, replica)
     server.run()
     if server.should_exit and server._watchdog is not None:  # stopped by a signal, not crashed
         _linger(min(LINGER_S, cfg.shutdown_grace_s - 1.0))
     return 0
+
+
+def make_server(cfg: config_mod.Config, replica: ReplicaApp) -> _Server:
+    return _Server(server_config(cfg, replica), replica, max(1.0, cfg.shutdown_grace_s - 0.25))
 
 
 def server_config(cfg: config_mod.Config, replica: ReplicaApp) -> uvicorn.Config:

@@ -665,7 +665,9 @@ class Supervisor:
                           "restarts": hist.restarts, "last_exit": hist.last_exit})
         doc = {"tracks": {name: t.doc() for name, t in self.tracks.items()},
                "workers": {"configured": self.n, "restarts": sum(h.restarts for h in self.history.values()),
-                           "processes": procs}}
+                           "processes": procs},
+               # Answered 200 by workers that have exited (the live ones' counts are on the board).
+               "served_by_exited": self.served_before}
         path = self.run_dir / "health.json"
         tmp = self.run_dir / "health.json.tmp"
         tmp.write_bytes(orjson.dumps(doc))
@@ -673,10 +675,15 @@ class Supervisor:
         self.board.ints[H_DOC_SEQ] += 1
 
 
-def run(cfg: Config, make_server: Callable[..., Any]) -> int:
+def run(cfg: Config, make_server: Callable[..., Any], after_drain: Callable[[], None] = lambda: None) -> int:
+    """The replica, as a supervisor of `cfg.workers` serving processes; `after_drain` runs once
+    every worker has stopped after a stop signal (the one-process replica's linger)."""
     sup = Supervisor(cfg, make_server)
     try:
-        return sup.run()
+        code = sup.run()
+        if sup.draining:
+            after_drain()
+        return code
     except Exception:
         log.exception("supervisor failed")
         for w in sup.workers.values():

@@ -42,7 +42,19 @@ import orjson
 from app.server import logs
 from app.server import model as model_mod
 from app.server.asgi import ReplicaApp
-from app.server.board import H_DOC_SEQ, H_DRAINING, MAX_WORKERS, TRACKS, W_CLOSED, W_OPENED, W_PENDING, W_PID, W_READY, Board
+from app.server.board import (
+    H_DOC_SEQ,
+    H_DRAINING,
+    MAX_WORKERS,
+    TRACKS,
+    W_CLOSED,
+    W_OPENED,
+    W_PENDING,
+    W_PID,
+    W_READY,
+    W_SERVED,
+    Board,
+)
 from app.server.config import Config
 from app.server.manager import LoadError, RegistryState
 from app.server.metrics import Metrics
@@ -94,6 +106,15 @@ class Place:
             if ints[base + W_PID]:
                 total += ints[base + W_PENDING]
         return float(total)
+
+    def served(self, own: int) -> int:
+        """Invocations the replica answered 200: the live workers' counts and the exited ones'."""
+        ints, total = self.board.ints, int(self.doc().get("served_by_exited", 0))
+        for i in range(MAX_WORKERS):
+            base = self.board.slot_base(i)
+            if ints[base + W_PID]:
+                total += ints[base + W_SERVED]
+        return total
 
     def worker_counts(self) -> dict[str, float]:
         workers = self.doc().get("workers", {})

@@ -5,8 +5,9 @@
   stack: through the server's proxy, without storage credentials);
 - the demo model trained by `python -m app.trainer` (model CONF_MODEL, alias ALIAS);
 - `mlflow models serve` and our replica, both on `models:/CONF_MODEL@ALIAS`; the replica
-  twice, with its linear prediction kernel and with it switched off, so the conformance
-  tests cover both ways the fast path can predict.
+  with its linear prediction kernel and with it switched off, so the conformance tests
+  cover both ways the fast path can predict, each as one process and as two serving
+  processes under a supervisor (MLSERVE_WORKERS=2).
 """
 
 from __future__ import annotations
@@ -59,14 +60,19 @@ def mlflow_serve(tracking: rp.Proc, trained: dict[str, object], workdir: Path) -
         proc.stop()
 
 
-@pytest.fixture(scope="session", params=["true", "false"], ids=["kernel", "estimator"])
+@pytest.fixture(scope="session", params=[("true", "1"), ("false", "1"), ("true", "2"), ("false", "2")],
+                ids=["kernel", "estimator", "kernel-2proc", "estimator-2proc"])
 def replica(request: pytest.FixtureRequest, tracking: rp.Proc, trained: dict[str, object],
             workdir: Path) -> Iterator[rp.Proc]:
+    """Each variant alone (one process) and as two serving processes under a supervisor."""
+    kernels, workers = request.param
     proc = rp.start_replica(tracking.url, CONF_MODEL, ALIAS, workdir,
                             **{contract.ENV_MAX_BODY_BYTES: str(MAX_BODY_BYTES),
                                contract.ENV_MAX_BATCH_WAIT_MS: "2",
-                               contract.ENV_PREDICT_KERNELS: request.param})
-    proc.extra[contract.ENV_PREDICT_KERNELS] = request.param
+                               contract.ENV_PREDICT_KERNELS: kernels,
+                               contract.ENV_WORKERS: workers})
+    proc.extra[contract.ENV_PREDICT_KERNELS] = kernels
+    proc.extra[contract.ENV_WORKERS] = workers
     try:
         yield proc
     finally:

@@ -56,9 +56,13 @@ def versions(tracking: rp.Proc) -> dict[str, str]:
     return {"v1": "1", "v2": "2", "broken": str(broken.version)}
 
 
-@pytest.fixture(scope="module")
-def promo_replica(tracking: rp.Proc, versions: dict[str, str], workdir: Path) -> Iterator[rp.Proc]:
-    proc = rp.start_replica(tracking.url, MODEL, ALIAS, workdir, **{contract.ENV_POLL_INTERVAL_S: "0.5"})
+@pytest.fixture(scope="module", params=["1", "2"], ids=["1proc", "2proc"])
+def promo_replica(request: pytest.FixtureRequest, tracking: rp.Proc, versions: dict[str, str],
+                  workdir: Path) -> Iterator[rp.Proc]:
+    """One process, and two serving processes under a supervisor (MLSERVE_WORKERS=2)."""
+    proc = rp.start_replica(tracking.url, MODEL, ALIAS, workdir, **{contract.ENV_POLL_INTERVAL_S: "0.5",
+                                                                    contract.ENV_WORKERS: request.param})
+    proc.extra[contract.ENV_WORKERS] = request.param
     try:
         yield proc
     finally:
@@ -119,9 +123,15 @@ def test_promotion_under_load(promo_replica: rp.Proc, versions: dict[str, str], 
     assert not failed, failed[:5]
     seen = {a.version for a in result}
     assert seen == {versions["v1"], versions["v2"]}, seen
+    # With several processes too: they move at once (one store on the board), so no request
+    # sent after the first new answer came back is answered by the old version, whichever
+    # process gets it.
     first_new = min(a.received for a in result if a.version == versions["v2"])
     late_old = [a for a in result if a.sent > first_new and a.version != versions["v2"]]
     assert not late_old, late_old[:5]
+    if promo_replica.extra[contract.ENV_WORKERS] != "1":
+        served = [w["served"] for w in _health(promo_replica)["workers"]["processes"]]
+        assert len(served) == 2 and min(served) > 0, served  # both processes took part
     assert _metric(promo_replica, "mlserve_replica_model_swaps_total") >= 1
     assert _metric(promo_replica, "mlserve_replica_model_version") == float(versions["v2"])
     health = _health(promo_replica)
@@ -152,11 +162,12 @@ def test_failed_load_keeps_old_version(promo_replica: rp.Proc, versions: dict[st
     _poll(lambda: _health(promo_replica)["last_error"] is None, 30, "the error to clear once the alias is back")
 
 
-def test_replica_waits_for_a_model(tracking: rp.Proc, workdir: Path) -> None:
+@pytest.mark.parametrize("workers", ["1", "2"], ids=["1proc", "2proc"])
+def test_replica_waits_for_a_model(tracking: rp.Proc, workdir: Path, workers: str) -> None:
     """No such model yet: the replica runs, /ready is 503, /health says why, and once the
     model is registered it loads it by itself."""
-    name = f"iris-late-{os.getpid()}"
-    proc = rp.start_replica(tracking.url, name, ALIAS, workdir, wait_ready=False)
+    name = f"iris-late-{os.getpid()}-{workers}"
+    proc = rp.start_replica(tracking.url, name, ALIAS, workdir, wait_ready=False, **{contract.ENV_WORKERS: workers})
     try:
         proc.wait_http(contract.ROUTE_HEALTH, 60)
         assert httpx.get(proc.url + contract.ROUTE_READY, timeout=10).status_code == 503
