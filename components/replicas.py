@@ -108,6 +108,11 @@ def replica_envs(settings: Settings, group: ReplicaGroup, instance_id: str, trac
     if group.role == GROUP_SHADOW:
         # A shadow scores each copy with the primary's alias too and counts where they agree.
         envs.append(f"{contract.ENV_COMPARE_ALIAS}={settings.default_group.model.alias}")
+    workers = group.resources.workers
+    if workers != 1:
+        # Absent for one process (the replica's own default), so that replicas of stacks from
+        # before the key keep their inputs.
+        envs.append(f"{contract.ENV_WORKERS}={workers if workers is not None else contract.WORKERS_PER_GPU}")
     return envs
 
 

@@ -19,6 +19,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, TypeVar
 
+from app import contract
 from stackconfig.names import DEFAULT_GROUP, namespace_name
 
 # Limits of the config schema. Pulumi.yaml documents the same keys; a test
@@ -45,7 +46,8 @@ GROUP_ROLES = (GROUP_CANARY, GROUP_SHADOW)  # the roles a named group may take
 # Shares are percentages with at most two decimals: nginx's split_clients works in 0.01 %.
 SHARE_DECIMALS = 2
 # Fields of one entry of `groups`. The resource and GPU fields default to the top-level keys.
-GROUP_RESOURCE_FIELDS = ("replicaCpus", "replicaMemoryMb", "replicaShmMb", "gpuMode", "gpuCount", "gpuDeviceIds")
+GROUP_RESOURCE_FIELDS = ("replicaCpus", "replicaMemoryMb", "replicaShmMb", "replicaWorkers", "gpuMode", "gpuCount",
+                         "gpuDeviceIds")
 GROUP_FIELDS = ("name", "role", "alias", "replicas", "weights", "trafficPercent", "mirrorPercent", "stickyHeader",
                 *GROUP_RESOURCE_FIELDS)
 # Lowercase letters and digits, starting with a letter: the generated names
@@ -89,6 +91,9 @@ class Resources:
     memory_mb: int
     shm_mb: int
     gpu: GpuSettings
+    # Serving processes per replica; None: one per GPU the replica sees (gpuMode all, whose
+    # count only the replica knows).
+    workers: int | None = 1
 
 
 @dataclass(frozen=True)
@@ -427,12 +432,26 @@ def _resources(get: Callable[[str], Any], key: Callable[[str], str] = str) -> Re
     cpus = str(get("replicaCpus"))
     if not _CPUS_RE.match(cpus) or float(cpus) <= 0:
         raise ConfigError(key("replicaCpus"), f"must be a positive number of CPUs such as 2 or 1.5, got {cpus!r}")
+    gpu = _gpu(get, key)
     return Resources(
         cpus=cpus,
         memory_mb=_int(key("replicaMemoryMb"), get("replicaMemoryMb"), MIN_MEMORY_MB, 1024 * 1024),
         shm_mb=_int(key("replicaShmMb"), get("replicaShmMb"), MIN_SHM_MB, 1024 * 1024),
-        gpu=_gpu(get, key),
+        gpu=gpu,
+        workers=_workers(get("replicaWorkers"), key("replicaWorkers"), cpus, gpu),
     )
+
+
+def _workers(value: Any, key: str, cpus: str, gpu: GpuSettings) -> int | None:
+    """Serving processes per replica: the key, or what the replica's hardware allows - a
+    Python process serves on one core (one GIL), and a GPU is best fed by one process."""
+    if value is not None:
+        return _int(key, value, 1, contract.MAX_WORKERS)
+    if gpu.mode == "none":
+        return max(1, int(Fraction(cpus)))
+    if gpu.mode == "all":
+        return None
+    return gpu.count
 
 
 def _alias(key: str, value: Any) -> str:

@@ -17,7 +17,19 @@ from mockrun.harness import IMAGE, KUBERNETES_PROVIDER, RANDOM_PASSWORD
 from nginx.render import CONF_FILE, RESOLVER_VALID_S, STATUS_FILE, render, render_status
 from stackconfig.names import LABEL_GROUP, LABEL_ROLE, LABEL_STACK, LABEL_WEIGHT, MLFLOW_PRIVATE_URL
 
-from .helpers import IN_CLUSTER, SECRET_MARKERS, SECRETS, container, env_values, kind_of, obj, pod_spec, replica_deployments
+from .helpers import (
+    CPU_IN_CLUSTER,
+    IN_CLUSTER,
+    SECRET_MARKERS,
+    SECRETS,
+    container,
+    declared,
+    env_values,
+    kind_of,
+    obj,
+    pod_spec,
+    replica_deployments,
+)
 
 COMPONENTS = {
     "images": "PushedImages",
@@ -365,3 +377,14 @@ def test_outputs_mirror_the_docker_target(cluster: DeclaredStack, in_cluster: De
     assert generated <= set(docker) and generated <= set(in_cluster.outputs) and not generated & set(cluster.outputs)
     for key in generated:
         assert in_cluster.outputs[key].secret and in_cluster.output(key).startswith("mock-")
+
+
+def test_replica_pods_run_one_serving_process_per_cpu_or_gpu() -> None:
+    """The Docker target's rule (settings._workers) on the cluster too: 2 CPUs, 2 processes;
+    a GPU pod, one per GPU; one process (1.5 CPUs) is the replica's default and left unset."""
+    two = declared("cluster", {**CPU_IN_CLUSTER, "replicaCpus": "2"})
+    assert all(env_values(container(d))[contract.ENV_WORKERS] == "2" for d in replica_deployments(two))
+    gpu = declared("cluster", {**IN_CLUSTER, "replicaCpus": "4", "gpuCount": 2})
+    assert all(env_values(container(d))[contract.ENV_WORKERS] == "2" for d in replica_deployments(gpu))
+    one = declared("cluster", {**CPU_IN_CLUSTER, "replicaCpus": "1.5"})
+    assert all(contract.ENV_WORKERS not in env_values(container(d)) for d in replica_deployments(one))

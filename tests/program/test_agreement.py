@@ -47,6 +47,12 @@ def test_replica_defaults_equal_the_stack_defaults(replica_default: object, key:
     assert replica_default == convert(DEFAULTS[key]), f"app/server/config.py and Pulumi.yaml disagree on {key}"
 
 
+def test_one_serving_process_is_the_replicas_default_and_what_the_program_leaves_unset() -> None:
+    """The program sets MLSERVE_WORKERS only for other counts (components/replicas.py)."""
+    env = {contract.ENV_TRACKING_URI: "x", contract.ENV_MODEL_NAME: "m", contract.ENV_MODEL_ALIAS: "a"}
+    assert replica_config.from_env(env).workers == 1
+
+
 def test_replica_kernels_default_equals_the_stack_default() -> None:
     assert replica_config.from_env({contract.ENV_TRACKING_URI: "x", contract.ENV_MODEL_NAME: "m",
                                     contract.ENV_MODEL_ALIAS: "a"}).predict_kernels is DEFAULTS["predictKernels"]

@@ -204,3 +204,21 @@ def test_replicas_wait_for_rotation_as_long_as_nginx_shuts_a_failed_one_out() ->
     for replica in stack.replicas():
         env = dict(e.split("=", 1) for e in replica.inputs["envs"])
         assert env[contract.ENV_ROTATION_GRACE_S] == str(7 + RESOLVER_VALID_S + 1)
+
+
+def test_serving_processes_reach_the_replica_only_when_more_than_one() -> None:
+    """MLSERVE_WORKERS is set for 2 or more processes (and per-gpu for gpuMode all); for one,
+    the replica's own default, it is absent, so replicas of stacks from before the key keep
+    their inputs (prod: one GPU each, one process)."""
+    for stack in ("dev", "prod"):
+        for replica in run_program(stack, {}).replicas():
+            assert contract.ENV_WORKERS not in env_map(replica.inputs["envs"]), stack
+    two = run_program("dev", {"replicaCpus": "2"}).replicas()
+    assert two and all(env_map(r.inputs["envs"])[contract.ENV_WORKERS] == "2" for r in two)
+    every_gpu = run_program("dev", {"gpuMode": "all"}).replicas()
+    assert every_gpu and all(env_map(r.inputs["envs"])[contract.ENV_WORKERS] == contract.WORKERS_PER_GPU
+                             for r in every_gpu)
+    groups = run_program("dev", {"groups": [{"name": "big", "role": "canary", "alias": "challenger",
+                                             "trafficPercent": 10, "replicaCpus": "4"}]}).replicas()
+    workers = {r.name: env_map(r.inputs["envs"]).get(contract.ENV_WORKERS) for r in groups}
+    assert workers == {"replica-0": None, "replica-1": None, "replica-big-0": "4"}

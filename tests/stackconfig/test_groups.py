@@ -168,3 +168,34 @@ def test_no_generated_name_of_a_valid_group_equals_one_of_another_group(other: s
     for i, first in enumerate(sets):
         for second in sets[i + 1 :]:
             assert not first & second
+
+
+@pytest.mark.parametrize(("top", "expected"), [
+    ({}, 1), ({"replicaCpus": "1.5"}, 1), ({"replicaCpus": "0.5"}, 1), ({"replicaCpus": "2"}, 2),
+    ({"replicaCpus": "4", "replicaWorkers": 2}, 2), ({"replicaCpus": "1", "replicaWorkers": 3}, 3),
+    ({"replicaCpus": "8", "gpuMode": "count", "gpuCount": 2}, 2),
+    ({"replicaCpus": "8", "gpuMode": "devices", "gpuDeviceIds": ["0", "1"]}, 1),
+    ({"replicaCpus": "8", "gpuMode": "all"}, None),
+])
+def test_serving_processes_follow_the_cpus_or_the_gpus_unless_set(top: dict[str, Any], expected: int | None) -> None:
+    """One process per whole CPU (a Python process serves on one core), one per GPU on GPU
+    replicas (None: one per GPU the replica sees, gpuMode all), or the key."""
+    assert with_groups([], **top).groups[0].resources.workers == expected
+
+
+def test_a_group_takes_its_own_cpus_for_its_processes_or_the_keys() -> None:
+    s = with_groups([{**CANARY, "replicaCpus": "3"}, SHADOW, {**CANARY, "name": "third", "replicaWorkers": 5}],
+                    replicaCpus="2")
+    assert [g.resources.workers for g in s.groups] == [2, 3, 2, 5]
+    s = with_groups([{**CANARY, "replicaCpus": "3"}], replicaWorkers=4)
+    assert [g.resources.workers for g in s.groups] == [4, 4]
+
+
+@pytest.mark.parametrize(("config", "key"), [
+    ({"replicaWorkers": "0"}, "replicaWorkers"), ({"replicaWorkers": "65"}, "replicaWorkers"),
+    ({"groups": json.dumps([{**CANARY, "replicaWorkers": 0}])}, "groups[0].replicaWorkers"),
+])
+def test_serving_processes_out_of_range_fail_naming_the_key(config: dict[str, str], key: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse("s", config)
+    assert err.value.key == key
