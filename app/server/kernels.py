@@ -11,10 +11,15 @@ after its checks (`LinearClassifierMixin.predict`/`decision_function`,
 `LinearModel.predict`/`_decision_function`, scikit-learn as pinned).
 
 A kernel is used only for an estimator whose class inherits those methods unchanged
-(so a subclass with its own `predict`, ElasticNet's sparse-aware variant or a Pipeline
-gets none), and only after it gave, at load, the same dtype, shape and values as the
-estimator's own `predict` on the model's input example and on seeded random batches of
-several sizes. Anything else keeps calling the estimator.
+(so a subclass with its own `predict` or ElasticNet's sparse-aware variant gets none), and
+only after it gave, at load, the same dtype, shape and values as the estimator's own
+`predict` on the model's input example and on seeded random batches of several sizes.
+Anything else keeps calling the estimator.
+
+The common `Pipeline(StandardScaler, linear model)` gets the linear kernel behind the
+scaler's own arithmetic (`StandardScaler.transform` on a dense array: a float copy, minus
+`mean_`, divided by `scale_`): there the per-call checks are paid three times (pipeline,
+scaler, model) for ~5 us of arithmetic. Same rule: exactly those classes, checked at load.
 """
 
 from __future__ import annotations
@@ -73,6 +78,50 @@ def linear_kernel(estimator: Any) -> tuple[str, Kernel] | None:
             and getattr(cls, "_decision_function", None) is linear_model._decision_function):
         return LINEAR_REGRESSOR, _regressor(coef, intercept)
     return None
+
+
+def find_kernel(estimator: Any) -> tuple[str, Kernel] | None:
+    """The kernel for this fitted estimator (a plain linear model, or one behind a
+    StandardScaler in a Pipeline) and its name, or None."""
+    found = linear_kernel(estimator)
+    if found is None:
+        found = scaled_linear_kernel(estimator)
+    return found
+
+
+def scaled_linear_kernel(estimator: Any) -> tuple[str, Kernel] | None:
+    """`Pipeline([StandardScaler(), <linear model>])`: the scaler's transform, then the model's kernel."""
+    try:
+        from sklearn.pipeline import Pipeline
+        from sklearn.preprocessing import StandardScaler
+    except ImportError:
+        return None
+    if type(estimator) is not Pipeline or len(estimator.steps) != 2:
+        return None
+    (_, scaler), (_, model) = estimator.steps
+    if type(scaler) is not StandardScaler or model in (None, "passthrough"):
+        return None
+    if getattr(scaler, "_sklearn_output_config", None):
+        return None  # set_output(...): the model would get a DataFrame
+    mean: Any = getattr(scaler, "mean_", None) if scaler.with_mean else None
+    scale: Any = getattr(scaler, "scale_", None) if scaler.with_std else None
+    if (scaler.with_mean and not _dense(mean)) or (scaler.with_std and not _dense(scale)):
+        return None
+    inner = linear_kernel(model)
+    if inner is None:
+        return None
+    name, predict = inner
+
+    def kernel(x: np.ndarray) -> np.ndarray:
+        # validate_data's float copy (float64 stays, int64 becomes float64), then in place as transform does.
+        xt = np.array(x, dtype=np.float64 if x.dtype.kind != "f" else x.dtype, copy=True)
+        if mean is not None:
+            xt -= mean.astype(xt.dtype, copy=False)
+        if scale is not None:
+            xt /= scale.astype(xt.dtype, copy=False)
+        return predict(xt)
+
+    return f"sklearn-standard-scaler+{name.removeprefix('sklearn-')}", kernel
 
 
 def _classifier(coef: np.ndarray, intercept: Any, classes: np.ndarray) -> Kernel:

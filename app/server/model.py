@@ -400,7 +400,7 @@ def attach_kernel(model: LoadedModel) -> None:
     # Only where pyfunc calls `predict` itself: a custom pyfunc_predict_fn keeps the estimator.
     if estimator is None or getattr(spec.predict, "__name__", None) != "predict":
         return
-    found = kernels.linear_kernel(estimator)
+    found = kernels.find_kernel(estimator)
     if found is None:
         return
     name, kernel = found

@@ -57,7 +57,7 @@ REGRESSORS = {
 
 
 def _check_same(est: Any, expected_name: str, dtype: Any = np.float64) -> None:
-    found = kernels.linear_kernel(est)
+    found = kernels.find_kernel(est)
     assert found is not None, type(est).__name__
     name, kernel = found
     assert name == expected_name
@@ -93,7 +93,6 @@ class _ShiftedLogistic(LogisticRegression):
 @pytest.mark.parametrize("make", [
     lambda: _fit(_ShiftedLogistic(max_iter=500), IRIS_X, IRIS_Y),  # its own predict
     lambda: _fit(RidgeClassifier(), IRIS_X, IRIS_Y),  # its own predict (multi-label aware)
-    lambda: _fit(make_pipeline(StandardScaler(), LogisticRegression()), IRIS_X, IRIS_Y),
     lambda: _fit(DecisionTreeClassifier(random_state=0), IRIS_X, IRIS_Y),
     lambda: _fit(Ridge(alpha=0.3), DIAB_X, DIAB_Y),  # its own predict
     lambda: _fit(SGDRegressor(random_state=0), DIAB_X, DIAB_Y),  # its own _decision_function
@@ -101,9 +100,47 @@ class _ShiftedLogistic(LogisticRegression):
     lambda: _fit(ElasticNet(alpha=0.1), DIAB_X, DIAB_Y),
     lambda: _fit(SGDClassifier(random_state=0), IRIS_X, IRIS_Y).sparsify(),  # sparse coef_
     lambda: LogisticRegression(),  # not fitted
-], ids=["subclass-own-predict", "ridge-classifier", "pipeline", "tree", "ridge", "sgd-regressor", "lasso", "elastic-net", "sparse-coef", "unfitted"])
+], ids=["subclass-own-predict", "ridge-classifier", "tree", "ridge", "sgd-regressor", "lasso", "elastic-net", "sparse-coef", "unfitted"])
 def test_estimators_without_a_plain_linear_predict_get_no_kernel(make: Any) -> None:
-    assert kernels.linear_kernel(make()) is None
+    assert kernels.find_kernel(make()) is None
+
+
+PIPELINES = {
+    "scaler-logistic": (lambda: _fit(make_pipeline(StandardScaler(), LogisticRegression(max_iter=500)), IRIS_X, IRIS_Y),
+                        "sklearn-standard-scaler+linear-classifier"),
+    "scaler-logistic-binary": (lambda: _fit(make_pipeline(StandardScaler(), LogisticRegression()), IRIS_X, BINARY),
+                               "sklearn-standard-scaler+linear-classifier"),
+    "scaler-no-mean-svc": (lambda: _fit(make_pipeline(StandardScaler(with_mean=False), LinearSVC()), IRIS_X, IRIS_Y),
+                           "sklearn-standard-scaler+linear-classifier"),
+    "scaler-no-std-regression": (lambda: _fit(make_pipeline(StandardScaler(with_std=False), LinearRegression()),
+                                              DIAB_X, DIAB_Y), "sklearn-standard-scaler+linear-regressor"),
+    "scaler-regression": (lambda: _fit(make_pipeline(StandardScaler(), LinearRegression()), DIAB_X, DIAB_Y),
+                          "sklearn-standard-scaler+linear-regressor"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(PIPELINES))
+@pytest.mark.parametrize("dtype", [np.float64, np.int64], ids=["float", "int"])
+def test_a_standard_scaler_before_a_linear_model_gets_a_kernel_with_the_pipelines_answers(case: str, dtype: Any) -> None:
+    make, name = PIPELINES[case]
+    _check_same(make(), name, dtype)
+
+
+class _OwnScaler(StandardScaler):
+    def transform(self, X: Any, copy: Any = None) -> Any:  # noqa: N803 - scikit-learn's name
+        return super().transform(X, copy) * 2
+
+
+@pytest.mark.parametrize("make", [
+    lambda: _fit(make_pipeline(StandardScaler(), Ridge()), DIAB_X, DIAB_Y),  # model without a kernel
+    lambda: _fit(make_pipeline(_OwnScaler(), LogisticRegression()), IRIS_X, IRIS_Y),  # scaler with its own transform
+    lambda: _fit(make_pipeline(StandardScaler(), StandardScaler(), LogisticRegression()), IRIS_X, IRIS_Y),
+    lambda: _fit(make_pipeline(StandardScaler(), DecisionTreeClassifier(random_state=0)), IRIS_X, IRIS_Y),
+    lambda: _fit(make_pipeline(StandardScaler().set_output(transform="pandas"), LogisticRegression()), IRIS_X, IRIS_Y),
+    lambda: make_pipeline(StandardScaler(), LogisticRegression()),  # not fitted
+], ids=["ridge", "own-scaler", "three-steps", "tree", "pandas-output", "unfitted"])
+def test_other_pipelines_get_no_kernel(make: Any) -> None:
+    assert kernels.find_kernel(make()) is None
 
 
 def test_the_load_time_check_can_fail(caplog: pytest.LogCaptureFixture) -> None:
