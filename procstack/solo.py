@@ -207,9 +207,9 @@ def train(tracking_uri: str, name: str, alias: str, *args: str, env_extra: dict[
 
 
 def start_mlflow_serve(tracking_uri: str, model_uri: str, logdir: Path, cpus: str | None = None,
-                       deadline_s: float = 120.0) -> Proc:
+                       deadline_s: float = 120.0, prefix: Sequence[str] = ()) -> Proc:
     port = free_port()
-    cmd = _pinned([MLFLOW, "models", "serve", "-m", model_uri, "-h", HOST, "-p", str(port),
+    cmd = [*prefix] + _pinned([MLFLOW, "models", "serve", "-m", model_uri, "-h", HOST, "-p", str(port),
                    "--env-manager", "local", "-w", "1"], cpus)
     env = _base_env()
     env[contract.ENV_TRACKING_URI] = tracking_uri
@@ -233,10 +233,12 @@ def replica_env(tracking_uri: str, name: str, alias: str, port: int, **overrides
 
 
 def start_replica(tracking_uri: str, name: str, alias: str, logdir: Path, cpus: str | None = None,
-                  wait_ready: bool = True, deadline_s: float = 120.0, **overrides: str) -> Proc:
+                  wait_ready: bool = True, deadline_s: float = 120.0, prefix: Sequence[str] = (),
+                  **overrides: str) -> Proc:
+    """`prefix`: put before the command (a cgroup's, procstack/cgroup.py)."""
     port = free_port()
     env = replica_env(tracking_uri, name, alias, port, **overrides)
-    cmd = _pinned([PY, "-m", contract.REPLICA_MODULE], cpus)
+    cmd = [*prefix, *_pinned([PY, "-m", contract.REPLICA_MODULE], cpus)]
     p = Proc("replica", cmd, env, logdir / f"replica-{port}.log", port=port).start()
     if wait_ready:
         try:

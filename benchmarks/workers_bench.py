@@ -1,0 +1,218 @@
+"""Throughput per CPU of a replica of several serving processes (MLSERVE_WORKERS), side by side.
+
+Default (`per-cpu`), the issue's comparison on two cores:
+  replica A: one process, in a cgroup limited to 0.5 CPU; replica B: two processes, in a
+  cgroup limited to 1 CPU; both pinned to core 0, with wrk on core 1. They take turns,
+  round after round (A, B, A, B, ...; the machine's other load drifts slowly), and each
+  round's B/A ratio is printed: with the CPU doubled and a process per CPU, B should serve
+  at least 1.8 times what A serves.
+
+`--scaling 1 2 4 8`: replicas of N processes limited to N CPUs and pinned to cores 0..N-1,
+  wrk on the cores after them, taking turns; prints each N's req/s over N times the
+  one-process figure (the target: at least 0.8). Counts that do not fit the machine (N
+  cores for the replica plus load cores) are skipped, and said so.
+
+The limit is the one Docker's `--cpus` sets: a cgroup CFS quota (procstack/cgroup.py), so
+this needs root. The model is the iris LogisticRegression trained by `python -m app.trainer`
+(single-row `dataframe_split` requests, as in replica_bench.py). Traffic goes to 127.0.0.1
+only; every process and cgroup it makes is removed in `finally`.
+
+    sudo .venv/bin/python benchmarks/workers_bench.py [--rounds 5] [--duration 10] [--connections 32]
+    sudo .venv/bin/python benchmarks/workers_bench.py --scaling 1 2 4 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from app import contract  # noqa: E402
+from benchmarks.replica_bench import ALIAS, BODY, MODEL, parse_wrk  # noqa: E402
+from procstack import solo as rp  # noqa: E402
+from procstack.cgroup import CgroupUnavailable, CpuLimit, available  # noqa: E402
+
+# wrk's cgroup (no limit, the weight of the replicas'): the load must not be what runs short.
+LOAD: CpuLimit | None = None
+
+
+def wrk(url: str, cores: str, threads: int, connections: int, duration: float, script: Path) -> dict[str, float]:
+    cmd = [*(LOAD.prefix() if LOAD else []), "taskset", "-c", cores, "wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(duration))}s",
+           "--latency", "-s", str(script), url]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60, check=True).stdout
+    return parse_wrk(out)
+
+
+def _batches(p: rp.Proc) -> tuple[float, float]:
+    """(rows, model calls) so far, from the replica's /metrics."""
+    text = subprocess.run(["curl", "-s", p.url + contract.ROUTE_METRICS], capture_output=True, text=True, timeout=30,
+                          check=True).stdout
+    vals = dict(line.rsplit(" ", 1) for line in text.splitlines()
+                if line.startswith(("mlserve_replica_batch_rows_sum ", "mlserve_replica_batch_rows_count ")))
+    return float(vals.get("mlserve_replica_batch_rows_sum", 0)), float(vals.get("mlserve_replica_batch_rows_count", 0))
+
+
+def cpu_seconds(p: rp.Proc) -> float:
+    """CPU time used so far by the process and its descendants (utime + stime)."""
+    total = 0
+    for pid in rp._descendants(p.popen.pid) if p.popen else []:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+class Contender:
+    def __init__(self, label: str, workers: int, cpus: float, cores: str, load_cores: str, load_threads: int,
+                 connections: int) -> None:
+        self.label, self.workers, self.cpus, self.cores = label, workers, cpus, cores
+        self.load_cores, self.load_threads, self.connections = load_cores, load_threads, connections
+        self.limit: CpuLimit | None = None
+        self.weight: int | None = None
+        self.proc: rp.Proc | None = None
+        self.runs: list[dict[str, float]] = []
+
+    def start(self, tracking: str, tmp: Path) -> None:
+        self.limit = CpuLimit(f"mlserve-bench-{os.getpid()}-{self.label}", self.cpus, weight=self.weight)
+        self.proc = rp.start_replica(tracking, MODEL, ALIAS, tmp, cpus=self.cores, prefix=self.limit.prefix(),
+                                     **{contract.ENV_WORKERS: str(self.workers), contract.ENV_POLL_INTERVAL_S: "30",
+                                        contract.ENV_LOG_LEVEL: "warning"})
+        check = subprocess.run(["curl", "-s", "-H", "Content-Type: application/json", "-d", BODY,
+                                self.proc.url + contract.ROUTE_INVOCATIONS],
+                               capture_output=True, text=True, timeout=30, check=True).stdout
+        if json.loads(check).get("predictions") is None:
+            raise RuntimeError(f"{self.label}: unexpected answer {check!r}")
+
+    def measure(self, duration: float, warmup: float, script: Path) -> dict[str, float]:
+        assert self.proc is not None and self.limit is not None
+        url = self.proc.url + contract.ROUTE_INVOCATIONS
+        wrk(url, self.load_cores, self.load_threads, self.connections, warmup, script)
+        before, cpu0, b0 = self.limit.stats(), cpu_seconds(self.proc), _batches(self.proc)
+        r = wrk(url, self.load_cores, self.load_threads, self.connections, duration, script)
+        after, cpu1, b1 = self.limit.stats(), cpu_seconds(self.proc), _batches(self.proc)
+        r["rows_per_call"] = (b1[0] - b0[0]) / (b1[1] - b0[1]) if b1[1] > b0[1] else 0.0
+        periods = after.get("nr_periods", 0) - before.get("nr_periods", 0)
+        r["throttled_share"] = (after.get("nr_throttled", 0) - before.get("nr_throttled", 0)) / periods if periods else 0.0
+        r["cpus_used"] = (cpu1 - cpu0) / duration
+        r["pss_mb"] = self.proc.pss_bytes() / 2**20
+        self.runs.append(r)
+        return r
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.stop()
+        if self.limit is not None:
+            self.limit.remove()
+
+
+def _line(c: Contender, r: dict[str, float], rnd: int) -> str:
+    return (f"{c.label:>10s} round {rnd + 1}: {r['rps']:9.0f} req/s  p50 {r['p50']:7.2f} ms  p99 {r['p99']:7.2f} ms"
+            f"  CPUs used {r['cpus_used']:4.2f}/{c.cpus:g}  throttled {100 * r['throttled_share']:3.0f}% of periods"
+            f"  rows/call {r['rows_per_call']:4.1f}"
+            f"  PSS {r['pss_mb']:6.0f} MiB  non-2xx {int(r['non2xx'])}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--duration", type=float, default=10.0, help="seconds per measured run")
+    ap.add_argument("--warmup", type=float, default=2.0)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--connections", type=int, default=32, help="wrk connections (per process with --scaling)")
+    ap.add_argument("--scaling", type=int, nargs="+", help="process counts to compare at one CPU each")
+    ap.add_argument("--weight", type=int, default=1000,
+                    help="CPU weight of the replicas' cgroups (100: like everything else; the default lets each "
+                         "take its whole limit on a machine shared with other work, which then waits)")
+    ap.add_argument("--json", help="also write the figures to this file")
+    args = ap.parse_args()
+    if not shutil.which("wrk") or not shutil.which("taskset"):
+        print("needs wrk and taskset on PATH", file=sys.stderr)
+        return 2
+    if not available():
+        print("needs root and a cgroup cpu controller (the CPU limit is a cgroup CFS quota, as docker --cpus)",
+              file=sys.stderr)
+        return 2
+    cores = len(os.sched_getaffinity(0))
+    contenders: list[Contender] = []
+    if args.scaling:
+        for n in sorted(set(args.scaling)):
+            load = max(1, (n + 1) // 2)  # wrk needs about one core per two replica processes here
+            if n + load > cores:
+                print(f"skipped: {n} processes need {n} cores plus {load} for wrk; this machine has {cores}")
+                continue
+            contenders.append(Contender(f"{n}proc", n, float(n), f"0-{n - 1}", f"{n}-{n + load - 1}", load,
+                                        args.connections * n))
+        if not contenders:
+            return 2
+    else:
+        if cores < 2:
+            print("needs two cores (replicas on core 0, wrk on core 1)", file=sys.stderr)
+            return 2
+        contenders = [Contender("1proc@0.5", 1, 0.5, "0", "1", 1, args.connections),
+                      Contender("2proc@1.0", 2, 1.0, "0", "1", 1, args.connections)]
+
+    global LOAD
+    for c in contenders:
+        c.weight = args.weight
+    tmp = Path(tempfile.mkdtemp(prefix="workers-bench-"))
+    script = tmp / "post.lua"
+    script.write_text('wrk.method = "POST"\n' f"wrk.body = {json.dumps(BODY)}\n"
+                      'wrk.headers["Content-Type"] = "application/json"\n')
+    tracking: rp.Proc | None = None
+    try:
+        LOAD = CpuLimit(f"mlserve-bench-{os.getpid()}-load", None, weight=args.weight)
+        tracking = rp.start_tracking_server(tmp / "mlflow")
+        trained = rp.train(tracking.url, MODEL, ALIAS)
+        print(f"model: {MODEL} version {trained['version']}; {cores} cores", flush=True)
+        for c in contenders:
+            c.start(tracking.url, tmp)
+        for rnd in range(args.rounds):
+            for c in contenders:
+                print(_line(c, c.measure(args.duration, args.warmup, script), rnd), flush=True)
+    except CgroupUnavailable as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    finally:
+        for c in contenders:
+            c.stop()
+        if tracking is not None:
+            tracking.stop()
+        if LOAD is not None:
+            LOAD.remove()
+    results: dict[str, Any] = {c.label: {k: statistics.median(r[k] for r in c.runs) for k in c.runs[0]}
+                               for c in contenders}
+    print(f"\nmedians of {args.rounds} rounds of {args.duration:g} s:")
+    for c in contenders:
+        m = results[c.label]
+        print(f"  {c.label:>10s} {m['rps']:9.0f} req/s = {m['rps'] / c.cpus:9.0f} per CPU  p99 {m['p99']:7.2f} ms"
+              f"  PSS {m['pss_mb']:6.0f} MiB")
+    base = contenders[0]
+    print("per-round ratios (runs of a round are back to back), median [min..max]:")
+    ratios: dict[str, float] = {}
+    for c in contenders[1:]:
+        per_round = [r["rps"] / b["rps"] for r, b in zip(c.runs, base.runs, strict=True)]
+        scale = c.cpus / base.cpus
+        per_cpu = [x / scale for x in per_round]
+        ratios[c.label] = statistics.median(per_round)
+        print(f"  {c.label} / {base.label}: req/s x{statistics.median(per_round):.2f} "
+              f"[{min(per_round):.2f}..{max(per_round):.2f}] with x{scale:g} the CPU: "
+              f"{statistics.median(per_cpu):.2f} of linear [{min(per_cpu):.2f}..{max(per_cpu):.2f}]")
+    results["ratios"] = ratios
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
