@@ -20,6 +20,7 @@ import logging
 import os
 import random
 import time
+from collections import deque
 from typing import Any
 
 import orjson
@@ -105,6 +106,10 @@ class ReplicaApp:
         self._timeout_answer = Answer(504, error_body(
             "DEADLINE_EXCEEDED", f"no answer within {cfg.scoring_timeout_s:g} s ({contract.ENV_SCORING_TIMEOUT_S})"))
         self._rid_prefix = os.urandom(6).hex()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # Invocations not yet answered, by deadline (_watch).
+        self._deadlines: deque[tuple[float, asyncio.Future[Answer]]] = deque()
+        self._deadline_timer: asyncio.TimerHandle | None = None
         self._rid_counter = 0
         if place is None:
             # Read at scrape time instead of two gauge updates per request.
@@ -115,6 +120,7 @@ class ReplicaApp:
 
     # -- lifecycle ----------------------------------------------------------------------
     async def startup(self) -> None:
+        self._loop = asyncio.get_running_loop()
         self.batcher = Batcher(self.cfg, self.metrics, lambda: self.receiving)
         self.batcher.start()
         self.manager.start()
@@ -265,7 +271,8 @@ class ReplicaApp:
             body = await self._read_body(receive, clen)
             if body is None:
                 return 413, error_body("REQUEST_LIMIT_EXCEEDED", f"request body exceeds {self.cfg.max_body_bytes} bytes ({contract.ENV_MAX_BODY_BYTES})"), _H_JSON, []
-            fut: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+            loop = self._loop or asyncio.get_running_loop()
+            fut: asyncio.Future[Answer] = loop.create_future()
             rows = None
             parsed = False
             if len(body) <= PARSE_ON_LOOP_MAX_BYTES:
@@ -280,12 +287,8 @@ class ReplicaApp:
             self.receiving -= 1
             queued = True
             self.batcher.submit(Item(m, fut, rows, body, ct, parsed))
-            # One timer per request (cheaper than wait_for's extra future): on expiry it answers
-            # 504 in the scorer's place; a request still queued is then skipped by the model thread.
-            timer = asyncio.get_running_loop().call_later(
-                max(self.cfg.scoring_timeout_s - (time.monotonic() - admitted), 0.0), self._expire, fut)
+            self._watch(admitted + self.cfg.scoring_timeout_s, fut)
             ans = await fut
-            timer.cancel()
             if mirrored and self.shadow is not None:
                 left = self.cfg.scoring_timeout_s - (time.monotonic() - admitted)
                 await self.shadow.compare(self.batcher, m, ans, body, ct, max(left, 0.001))
@@ -301,6 +304,38 @@ class ReplicaApp:
             self._board[self._b_served] = self.served
         ctype = _H_JSON if ans.content_type == _JSON else ans.content_type.encode()
         return ans.status, ans.body, ctype, [(_H_VERSION, m.version.encode())]
+
+    def _watch(self, deadline: float, fut: asyncio.Future[Answer]) -> None:
+        """Answer `fut` with 504 at `deadline` (time.monotonic) unless it is answered before.
+
+        Every invocation has the same timeout, so deadlines come in admission order: one
+        queue and one timer, set for the earliest, instead of a timer per request (creating
+        and cancelling one cost ~2 us of the event loop per request, ~4 % of a request)."""
+        dq = self._deadlines
+        dq.append((deadline, fut))
+        if len(dq) > 2 * self.pending + 64:
+            # Answered ones wait behind a slow head until it is answered; drop them now and
+            # then, so the queue stays about as long as what is in flight.
+            self._deadlines = dq = deque(d for d in dq if not d[1].done())
+        if self._deadline_timer is None:
+            self._arm_deadline()
+
+    def _arm_deadline(self) -> None:
+        dq = self._deadlines
+        while dq and dq[0][1].done():
+            dq.popleft()
+        if not dq:
+            self._deadline_timer = None
+            return
+        loop = self._loop or asyncio.get_running_loop()
+        self._deadline_timer = loop.call_later(max(dq[0][0] - time.monotonic(), 0.0), self._expire_due)
+
+    def _expire_due(self) -> None:
+        now = time.monotonic()
+        dq = self._deadlines
+        while dq and (dq[0][1].done() or dq[0][0] <= now):
+            self._expire(dq.popleft()[1])
+        self._arm_deadline()
 
     def _expire(self, fut: asyncio.Future[Answer]) -> None:
         if not fut.done():
