@@ -84,10 +84,10 @@ def nginx_binary() -> str:
     return str(path)
 
 
-def start_replica(tracking_url: str, address: str, workdir: Path, generation: int) -> rp.Proc:
+def start_replica(tracking_url: str, address: str, workdir: Path, generation: int, workers: int = 1) -> rp.Proc:
     env = rp.replica_env(tracking_url, MODEL, ALIAS, contract.REPLICA_PORT,
                          **{contract.ENV_BIND_HOST: address, contract.ENV_INSTANCE_ID: address,
-                            contract.ENV_POLL_INTERVAL_S: "30"})
+                            contract.ENV_POLL_INTERVAL_S: "30", contract.ENV_WORKERS: str(workers)})
     return rp.Proc(f"replica-{address}", [rp.PY, "-m", contract.REPLICA_MODULE], env,
                    workdir / f"replica-{address}-{generation}.log", port=contract.REPLICA_PORT).start()
 
@@ -101,6 +101,39 @@ def served(address: str) -> int:
         return 0
     prefix = f'mlserve_replica_requests_total{{route="{contract.ROUTE_INVOCATIONS}",status="200"}} '
     return sum(int(float(line[len(prefix):])) for line in text.splitlines() if line.startswith(prefix))
+
+
+def health(address: str) -> dict[str, Any]:
+    try:
+        with urllib.request.urlopen(f"http://{address}:{contract.REPLICA_PORT}{contract.ROUTE_HEALTH}", timeout=2) as r:
+            doc: dict[str, Any] = json.loads(r.read())
+            return doc
+    except (OSError, ValueError):
+        return {}
+
+
+def worker_pids(address: str) -> dict[int, int | None]:
+    """Serving processes of a replica of several, by index, as its /health lists them."""
+    return {w["index"]: w["pid"] if w["state"] == "serving" else None
+            for w in health(address).get("workers", {}).get("processes", [])}
+
+
+class ReadyProbe:
+    """GET /ready on every replica every 50 ms, counting what does not answer 200: a replica
+    whose serving process is killed must stay ready (Docker's healthcheck keeps it)."""
+
+    def __init__(self) -> None:
+        self.failures: Counter[str] = Counter()
+        self.probes = 0
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self) -> None:
+        while not STOP.is_set():
+            for address in REPLICAS:
+                self.probes += 1
+                if not _ready(address):
+                    self.failures[address] += 1
+            time.sleep(0.05)  # probe interval
 
 
 def wait_until(condition: Any, what: str, proc: rp.Proc | None = None) -> None:
@@ -147,7 +180,11 @@ class Load:
             conn.close()
 
 
-def main(workdir: Path, kills: int, threads: int, max_seconds: float) -> dict[str, Any]:
+def main(workdir: Path, kills: int, threads: int, max_seconds: float, workers: int = 1,
+         target: str = "replica") -> dict[str, Any]:
+    """`target`: what is SIGKILLed - the replica's process (with several serving processes, the
+    supervisor: its workers must go with it), or one serving process of a replica of several
+    (`worker`: the replica must stay ready and replace it while the load goes on)."""
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / STATUS_DIR).mkdir(exist_ok=True)
     (workdir / "nginx.conf").write_text(render(parse("dev", SCENARIO_CONFIG)))
@@ -157,7 +194,9 @@ def main(workdir: Path, kills: int, threads: int, max_seconds: float) -> dict[st
     nginx: subprocess.Popen[bytes] | None = None
     nginx_log = (workdir / "nginx.out").open("wb")
     load = Load(threads)
-    result: dict[str, Any] = {"kills_asked": kills, "served_before_kill": SERVED_BEFORE_KILL}
+    result: dict[str, Any] = {"kills_asked": kills, "served_before_kill": SERVED_BEFORE_KILL, "workers": workers,
+                              "target": target}
+    probe = ReadyProbe()
     kill_log: list[dict[str, Any]] = []
     try:
         tracking = rp.start_tracking_server(workdir / "mlflow")
@@ -165,7 +204,7 @@ def main(workdir: Path, kills: int, threads: int, max_seconds: float) -> dict[st
         rp.train(tracking.url, MODEL, ALIAS)
         generation = 0
         for address in REPLICAS:
-            procs[address] = start_replica(tracking.url, address, workdir, generation)
+            procs[address] = start_replica(tracking.url, address, workdir, generation, workers)
             started.append(procs[address])
         dns = DNSServer(Table({weight_alias(1): list(REPLICAS)}), address=RESOLVER_ADDRESS, port=53,
                         logger=DNSLogger(logf=lambda _: None))
@@ -174,14 +213,36 @@ def main(workdir: Path, kills: int, threads: int, max_seconds: float) -> dict[st
                                   "-g", "daemon off;"], stdout=nginx_log, stderr=subprocess.STDOUT)
         for address in REPLICAS:
             wait_until(lambda a=address: _ready(a), f"{address} ready", procs[address])
+        if workers > 1:
+            for address in REPLICAS:
+                wait_until(lambda a=address: None not in worker_pids(a).values(), f"{address} all serving")
         GO.set()
         for t in load.threads:
             t.start()
+        if target == "worker":
+            probe.thread.start()
         begin = time.monotonic()
         for k in range(kills):
             if time.monotonic() - begin > max_seconds:
                 break
             victim, other = REPLICAS[k % 2], REPLICAS[(k + 1) % 2]
+            if target == "worker":
+                wait_until(lambda o=other, v=victim: served(o) >= SERVED_BEFORE_KILL and served(v) >= SERVED_BEFORE_KILL,
+                           f"both replicas serving before kill {k + 1}", procs[other])
+                pids = worker_pids(victim)
+                index = k // 2 % workers
+                pid = pids[index]
+                assert pid is not None, pids
+                before = served(victim)
+                os.kill(pid, signal.SIGKILL)
+                kill_log.append({"at": time.time(), "replica": victim, "worker": index, "pid": pid})
+                # The load goes on: the replica's other processes serve, and it replaces this one.
+                wait_until(lambda v=victim, i=index, p=pid: worker_pids(v).get(i) not in (None, p),
+                           f"{victim} worker {index} replaced after kill {k + 1}", procs[victim])
+                wait_until(lambda v=victim, b=before: served(v) >= b + SERVED_BEFORE_KILL,
+                           f"{victim} serving after kill {k + 1}", procs[victim])
+                assert procs[victim].alive(), procs[victim].tail()
+                continue
             # Both in rotation: the other one takes the traffic (and nginx's retries) once the
             # victim is gone, and the victim is busy answering when it dies.
             wait_until(lambda o=other, v=victim: served(o) >= SERVED_BEFORE_KILL and served(v) >= SERVED_BEFORE_KILL,
@@ -194,7 +255,7 @@ def main(workdir: Path, kills: int, threads: int, max_seconds: float) -> dict[st
             GO.clear()
             proc.stop()
             generation += 1
-            procs[victim] = start_replica(tracking.url, victim, workdir, generation)
+            procs[victim] = start_replica(tracking.url, victim, workdir, generation, workers)
             started.append(procs[victim])
             wait_until(lambda v=victim: _ready(v), f"{victim} ready again after kill {k + 1}", procs[victim])
             GO.set()
@@ -223,6 +284,8 @@ def main(workdir: Path, kills: int, threads: int, max_seconds: float) -> dict[st
     result["failed"] = result["requests"] - load.statuses.get("200", 0)
     result["errors"] = load.errors
     result["kill_times"] = [k["at"] for k in kill_log]
+    result["ready_probes"] = probe.probes
+    result["ready_failures"] = dict(probe.failures)
     return result
 
 
@@ -240,7 +303,10 @@ if __name__ == "__main__":
     ap.add_argument("--kills", type=int, default=20)
     ap.add_argument("--threads", type=int, default=8)
     ap.add_argument("--max-seconds", type=float, default=600.0, help="no new kill after this long")
+    ap.add_argument("--workers", type=int, default=1, help="serving processes per replica (MLSERVE_WORKERS)")
+    ap.add_argument("--target", choices=("replica", "worker"), default="replica",
+                    help="SIGKILL the replica's process, or one serving process of a replica of several")
     args = ap.parse_args()
-    print(json.dumps(main(args.workdir, args.kills, args.threads, args.max_seconds)))
+    print(json.dumps(main(args.workdir, args.kills, args.threads, args.max_seconds, args.workers, args.target)))
     sys.stdout.flush()
     os._exit(0)  # the DNS stand-in's daemon threads need not be joined

