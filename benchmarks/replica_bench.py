@@ -14,7 +14,12 @@ One run:
   4. prints req/s, p50, p99, RSS, non-2xx counts and the ratios ours/theirs and
      ours/ceiling. The ceiling is the constant answer on the replica's own stack (bare
      ASGI); the same constant answer on Starlette is printed as a reference (the stack
-     the issue's reference figures were measured on), never used as the ceiling.
+     the issue's reference figures were measured on), never used as the ceiling;
+  5. the same for the models of `--models` (benchmarks/bench_models.py: a
+     Pipeline(StandardScaler, LogisticRegression), predicted by a kernel, and a
+     RandomForestClassifier, predicted by the estimator), each served by
+     `mlflow models serve` (mlflow-<kind>) and ours (ours-<kind>) and taking its turn in
+     the same rounds: ratios ours-<kind>/mlflow-<kind> and ours-<kind>/ceiling.
 
     .venv/bin/python benchmarks/replica_bench.py [--duration 10] [--connections 8 32]
     # quicker iterations on the replica alone (ratios only for the pairs measured):
@@ -42,6 +47,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app import contract  # noqa: E402
+from benchmarks import bench_models  # noqa: E402
 from procstack import solo as rp  # noqa: E402
 
 MODEL = "iris-bench"
@@ -96,9 +102,17 @@ def main() -> int:
                                    "runs only when named here")
     ap.add_argument("--starlette", action=argparse.BooleanOptionalAction, default=True,
                     help="also measure the constant answer on Starlette (reference only)")
+    ap.add_argument("--models", default=",".join(bench_models.KINDS),
+                    help="other models, each served by mlflow-<kind> and ours-<kind> (benchmarks/bench_models.py): "
+                         f"comma-separated subset of {','.join(bench_models.KINDS)}, or none")
     args = ap.parse_args()
+    extra = [m for m in args.models.split(",") if m and m != "none"]
+    if set(extra) - set(bench_models.KINDS):
+        print(f"--models: unknown {sorted(set(extra) - set(bench_models.KINDS))}", file=sys.stderr)
+        return 2
     wanted = set(args.only.split(",")) if args.only else set()
-    known = {"mlflow", "ours", "ours-est", "ours-2w", "ceiling", "starlette-const"}
+    known = {"mlflow", "ours", "ours-est", "ours-2w", "ceiling", "starlette-const",
+             *(f"{side}-{m}" for m in bench_models.KINDS for side in ("mlflow", "ours"))}
     if wanted - known:
         print(f"--only: unknown {sorted(wanted - known)}", file=sys.stderr)
         return 2
@@ -167,6 +181,15 @@ def main() -> int:
             factories.insert(2, ("ours-2w", two_writes))
         if args.starlette:
             factories.append(("starlette-const", lambda: ceiling("starlette")))
+        for kind in extra:
+            name = f"{MODEL}-{kind}"
+            if not args.only or {f"mlflow-{kind}", f"ours-{kind}"} & wanted:
+                version = bench_models.register(tracking.url, name, ALIAS, kind)
+                print(f"model: {name} version {version} ({ALIAS})", flush=True)
+            factories.append((f"mlflow-{kind}", lambda n=name: rp.start_mlflow_serve(  # type: ignore[misc]
+                tracking.url, f"models:/{n}@{ALIAS}", tmp, cpus=SERVER_CPU)))
+            factories.append((f"ours-{kind}", lambda n=name: rp.start_replica(  # type: ignore[misc]
+                tracking.url, n, ALIAS, tmp, cpus=SERVER_CPU, **knobs())))
         if args.only:
             factories = [(label, f) for label, f in factories if label in wanted]
         for label, factory in factories:
@@ -191,7 +214,7 @@ def main() -> int:
                     r = wrk(url, c, args.duration, script)
                     r["rss_mb"] = p.rss_bytes() / 2**20
                     runs.setdefault(label, {}).setdefault(c, []).append(r)
-                    print(f"{label:8s} c={c:<3d} round {rnd + 1}: {r['rps']:9.0f} req/s  p50 {r['p50']:8.2f} ms"
+                    print(f"{label:14s} c={c:<3d} round {rnd + 1}: {r['rps']:9.0f} req/s  p50 {r['p50']:8.2f} ms"
                           f"  p99 {r['p99']:8.2f} ms  RSS {r['rss_mb']:7.1f} MiB  non-2xx {int(r['non2xx'])}"
                           f"  timeouts {int(r['timeouts'])}", flush=True)
         for label, by_c in runs.items():
@@ -206,7 +229,7 @@ def main() -> int:
     for label in runs:
         for c in args.connections:
             r = results[label][c]
-            print(f"  {label:8s} c={c:<3d} {r['rps']:9.0f} req/s  p50 {r['p50']:8.2f} ms  p99 {r['p99']:8.2f} ms"
+            print(f"  {label:14s} c={c:<3d} {r['rps']:9.0f} req/s  p50 {r['p50']:8.2f} ms  p99 {r['p99']:8.2f} ms"
                   f"  RSS {r['rss_mb']:7.1f} MiB")
     print("ratios, per round (the three runs of a round are back to back), median [min..max]:")
     for c in args.connections:
@@ -248,6 +271,20 @@ def main() -> int:
         if o_rs and "starlette-const" in runs:
             st = _per_round(o_rs, runs["starlette-const"][c], "rps")
             print(f"        ours / constant answer on Starlette (reference, not the ceiling): {_span(st, '.2f')}")
+        for kind in extra:
+            m_rs, t2_rs = runs.get(f"ours-{kind}", {}).get(c), runs.get(f"mlflow-{kind}", {}).get(c)
+            parts = []
+            if m_rs and t2_rs:
+                speed = _per_round(m_rs, t2_rs, "rps")
+                parts.append(f"/mlflow-{kind} req/s x{_span(speed, '.1f')}"
+                             f"   p99 {_span(_per_round(m_rs, t2_rs, 'p99'), '.3f')}")
+                ratios[f"{kind}_rps_vs_mlflow"] = statistics.median(speed)
+            if m_rs and k_rs:
+                ceil = _per_round(m_rs, k_rs, "rps")
+                parts.append(f"/ceiling req/s {_span(ceil, '.2f')}")
+                ratios[f"{kind}_rps_vs_ceiling"] = statistics.median(ceil)
+            if parts:
+                print(f"        ours-{kind} " + "   ".join(parts))
         results.setdefault("ratios", {})[c] = ratios
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
