@@ -420,7 +420,7 @@ class Supervisor:
 
         try:
             archive_dead(self.metrics_dir, w.pid)
-        except OSError as exc:
+        except Exception as exc:  # noqa: BLE001 - the metrics of one process are not worth the replica
             log.warning("metrics of an exited process not archived", extra={"pid": w.pid, "error": repr(exc)})
         if self.draining:
             if code not in (0, -signal.SIGTERM):
@@ -444,7 +444,14 @@ class Supervisor:
                 self.later(0, lambda t=track: self._poll(t))  # type: ignore[misc]
             self._check_round(track)
         self._write_doc()
-        self.later(delay, lambda: self._spawn(w.index))
+        self.later(delay, lambda: self._respawn(w.index))
+
+    def _respawn(self, index: int) -> None:
+        try:
+            self._spawn(index)
+        except OSError as exc:  # fork refused (memory, process limit): the replica goes on with fewer
+            log.error("cannot start a serving process; trying again", extra={"worker": index, "error": repr(exc)})
+            self.later(RESTART_BACKOFF_MAX_S, lambda: self._respawn(index))
 
     def _send(self, w: Worker, msg: dict[str, Any]) -> bool:
         from app.server.worker import send

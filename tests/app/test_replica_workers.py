@@ -146,6 +146,9 @@ def test_a_killed_process_is_replaced_while_the_replica_stays_ready_under_load(r
         killed_at = time.monotonic()
         os.kill(victim, signal.SIGKILL)
         _poll(lambda: _pids(replica2)[1] not in (None, victim) and _all_serving(replica2), 60, "the replacement")
+        # /ready probed after the replacement too (the prober's count, not a duration).
+        probed = len(ready)
+        _poll(lambda: len(ready) >= probed + 10, 30, "probes after the replacement")
         # The replacement takes connections once it is ready: fresh ones go to it first.
         before = _health(replica2)["workers"]["processes"][1]["served"]
         for _ in range(4):
@@ -156,7 +159,7 @@ def test_a_killed_process_is_replaced_while_the_replica_stays_ready_under_load(r
         prober.join(30)
     assert _health(replica2)["workers"]["processes"][1]["served"] > before
     # /ready answered throughout, but for at most the probe in flight on the killed process.
-    assert len(ready) > 50 and sum(1 for s in ready if s != 200) <= 1, [s for s in ready if s != 200][:5]
+    assert sum(1 for s in ready if s != 200) <= 1, [s for s in ready if s != 200][:5]
     statuses = {a.status for a in answers}
     assert statuses <= {200, None}, statuses  # no error answer, only broken connections
     lost = [a for a in answers if a.status is None]
@@ -208,14 +211,27 @@ def test_shadow_comparison_and_payload_logs_count_each_request_once(tracking: rp
     n = 40
     try:
         _poll(lambda: _all_serving(proc), 60, "every process serving")
+        agree = 'mlserve_replica_shadow_requests_total{outcome="agree",primary_version="1",version="1"}'
+
+        def compared() -> tuple[float, float]:
+            m = _metrics(proc)
+            return m.get(agree, 0.0), sum(v for k, v in m.items() if k.startswith("mlserve_replica_shadow_requests_total"))
+
+        # The primary's version loads after the replica's own (as in one process): until it
+        # serves, a copy counts as `error`. Warm-up copies until one agrees.
+        def warm() -> bool:
+            _post(proc, headers={contract.HEADER_MIRRORED: "1", contract.HEADER_REQUEST_ID: "warm-up"})
+            return compared()[0] > 0
+
+        _poll(warm, 60, "the primary's version in the shadow")
+        _poll(lambda: _all_serving(proc), 60, "every process serving")
+        base = compared()
         for i in range(n):
             r = _post(proc, headers={contract.HEADER_MIRRORED: "1", contract.HEADER_REQUEST_ID: f"w-{i}"})
             assert r.status_code == 200
         served = [w["served"] for w in _health(proc)["workers"]["processes"]]
         assert min(served) > 0, served
-        agree = 'mlserve_replica_shadow_requests_total{outcome="agree",primary_version="1",version="1"}'
-        _poll(lambda: _metrics(proc).get(agree) == n, 10, "every comparison counted")
-        assert sum(v for k, v in _metrics(proc).items() if k.startswith("mlserve_replica_shadow_requests_total")) == n
+        assert compared() == (base[0] + n, base[1] + n), (base, compared())
 
         def logged() -> list[dict[str, Any]]:
             return [r for r in read_records(tracking.url, model, group, "1", 10_000) if r["request_id"].startswith("w-")]
