@@ -1,6 +1,6 @@
 """Models the replica benchmark serves besides the trainer's LogisticRegression, logged and
-registered the way app/trainer.py logs its model (fitted on the bare iris array, the signature
-and input example from the DataFrame, so that the columns have names):
+registered the way app/trainer.py logs its model (fitted on the iris DataFrame, so that the
+estimator, the signature and the input example name the columns):
 
 - `pipeline`: Pipeline(StandardScaler, LogisticRegression), which the replica predicts with a
   kernel checked at load (app/server/kernels.py);
@@ -39,8 +39,8 @@ def register(tracking_uri: str, name: str, alias: str, kind: str) -> str:
     mlflow.set_tracking_uri(tracking_uri)
     iris = load_iris(as_frame=True)
     x = iris.data.astype(np.float64)
-    model = estimator(kind).fit(x.to_numpy(), iris.target.to_numpy())
-    signature = infer_signature(x, model.predict(x.to_numpy()))
+    model = estimator(kind).fit(x, iris.target)
+    signature = infer_signature(x, model.predict(x))
     mlflow.set_experiment(f"{name}-bench")
     with mlflow.start_run():
         # MLflow's skops format refuses tree structures unless named as trusted; this one we made.

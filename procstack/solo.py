@@ -192,7 +192,8 @@ def start_tracking_server(workdir: Path, deadline_s: float = 90.0) -> Proc:
 
 
 def train(tracking_uri: str, name: str, alias: str, *args: str, env_extra: dict[str, str] | None = None,
-          timeout: float = 180.0) -> dict[str, object]:
+          timeout: float = 180.0, output: list[str] | None = None) -> dict[str, object]:
+    """The trainer's result line; `output` gets what it printed (stdout, then stderr)."""
     env = _base_env()
     env.update({contract.ENV_TRACKING_URI: tracking_uri, contract.ENV_MODEL_NAME: name,
                 contract.ENV_MODEL_ALIAS: alias})
@@ -201,6 +202,8 @@ def train(tracking_uri: str, name: str, alias: str, *args: str, env_extra: dict[
                          capture_output=True, timeout=timeout, check=False)
     if out.returncode != 0:
         raise RuntimeError(f"trainer failed ({out.returncode}):\n{out.stdout.decode()[-3000:]}\n{out.stderr.decode()[-3000:]}")
+    if output is not None:
+        output.extend([out.stdout.decode(), out.stderr.decode()])
     lines = [ln for ln in out.stdout.decode().splitlines() if ln.startswith("{")]
     doc: dict[str, object] = json.loads(lines[-1])
     return doc
