@@ -16,10 +16,8 @@ down afterwards with its volumes; it holds the same lock as the engine tests.
 
 from __future__ import annotations
 
-import csv
 import socket
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +26,7 @@ import httpx
 from app import contract
 from enginestack.apply import EngineStack
 from procstack.loadgen import iris_row_body
-from procstack.report import wrk
+from procstack.report import Point, write_csv, wrk
 from stackconfig.names import LABEL_STACK
 
 STACK = "enginetest"  # the test stack's config (stand-in images); tests and report share a lock
@@ -39,17 +37,6 @@ QUOTA = "0.1"
 # Connections per replica: the offered concurrency grows with the replicas, so that each one
 # sees the same queue (and batches as well) at every count.
 CONNECTIONS_PER_REPLICA = 32
-
-
-@dataclass(frozen=True)
-class Point:
-    target: str  # "nginx" or "direct"
-    replicas: int
-    rps: float
-    p50_ms: float
-    p99_ms: float
-    requests: int
-    errors: int
 
 
 def _free_port() -> int:
@@ -116,7 +103,7 @@ def _report(max_replicas: int, duration: float, out_dir: Path) -> list[Point]:
             connections = CONNECTIONS_PER_REPLICA * n
             wrk(entry, 2.0, connections)  # warm-up
             r = wrk(entry, duration, connections)
-            points.append(Point("nginx", n, r["rps"], r["p50_ms"], r["p99_ms"], r["requests"], r["errors"]))
+            points.append(Point.of("nginx", n, r))
             print(f"{n} replica(s) via nginx: {r['rps']:.0f} req/s, p99 {r['p99_ms']:.1f} ms, errors {r['errors']}", flush=True)
             if n == 1:
                 direct_port = _free_port()
@@ -130,8 +117,8 @@ def _report(max_replicas: int, duration: float, out_dir: Path) -> list[Point]:
                     again = wrk(entry, duration, connections)
                 finally:
                     container.remove(force=True)
-                points.append(Point("direct", 1, d["rps"], d["p50_ms"], d["p99_ms"], d["requests"], d["errors"]))
-                points.append(Point("nginx-again", 1, again["rps"], again["p50_ms"], again["p99_ms"], again["requests"], again["errors"]))
+                points.append(Point.of("direct", 1, d))
+                points.append(Point.of("nginx-again", 1, again))
                 print(f"1 replica direct: {d['rps']:.0f} req/s, p99 {d['p99_ms']:.1f} ms; via nginx again {again['rps']:.0f}", flush=True)
     finally:
         stack.down(purge=True)
@@ -141,11 +128,7 @@ def _report(max_replicas: int, duration: float, out_dir: Path) -> list[Point]:
 
 def _write(points: list[Point], out_dir: Path, duration: float) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / "engine-scaling.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["target", "replicas", "rps", "p50_ms", "p99_ms", "requests", "errors"])
-        for p in points:
-            w.writerow([p.target, p.replicas, f"{p.rps:.1f}", f"{p.p50_ms:.2f}", f"{p.p99_ms:.2f}", p.requests, p.errors])
+    write_csv(points, out_dir / "engine-scaling.csv")
     via = [p for p in points if p.target == "nginx"]
     one = via[0]
     direct = next(p for p in points if p.target == "direct")

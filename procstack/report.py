@@ -29,13 +29,26 @@ from .stack import LocalStack, StackError
 
 @dataclass(frozen=True)
 class Point:
-    target: str  # "nginx" or "direct"
+    target: str  # "nginx", "direct" (one replica, no balancer) or "nginx-again" (enginestack)
     replicas: int
     rps: float
     p50_ms: float
     p99_ms: float
     requests: int
     errors: int  # non-2xx answers + socket errors
+
+    @classmethod
+    def of(cls, target: str, replicas: int, run: dict[str, Any]) -> Point:
+        """The point of one wrk() run."""
+        return cls(target, replicas, run["rps"], run["p50_ms"], run["p99_ms"], run["requests"], run["errors"])
+
+
+def write_csv(points: list[Point], path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["target", "replicas", "rps", "p50_ms", "p99_ms", "requests", "errors"])
+        for p in points:
+            w.writerow([p.target, p.replicas, f"{p.rps:.1f}", f"{p.p50_ms:.2f}", f"{p.p99_ms:.2f}", p.requests, p.errors])
 
 
 def _ms(value: str, unit: str) -> float:
@@ -88,12 +101,12 @@ def report(stack: LocalStack, max_replicas: int, duration: float, concurrency: i
             _wait_all_serving(entry, set(info["replicas"]))
             wrk(entry, 1.0, concurrency)  # warm-up: connections, model caches, JIT-free but still
             r = wrk(entry, duration, concurrency)
-            points.append(Point("nginx", n, r["rps"], r["p50_ms"], r["p99_ms"], r["requests"], r["errors"]))
+            points.append(Point.of("nginx", n, r))
             print(f"{n} replica(s) via nginx: {r['rps']:.0f} req/s, p99 {r['p99_ms']:.1f} ms, errors {r['errors']}", flush=True)
             if n == 1:
                 direct = next(iter(info["replicas"].values()))["url"] + contract.ROUTE_INVOCATIONS
                 d = wrk(direct, duration, concurrency)
-                points.append(Point("direct", 1, d["rps"], d["p50_ms"], d["p99_ms"], d["requests"], d["errors"]))
+                points.append(Point.of("direct", 1, d))
                 print(f"1 replica direct:    {d['rps']:.0f} req/s, p99 {d['p99_ms']:.1f} ms", flush=True)
     finally:
         if was_running:
@@ -126,11 +139,7 @@ def _wait_all_serving(url: str, replicas: set[str], deadline_s: float = 30.0) ->
 
 def _write(points: list[Point], out_dir: Path, duration: float, concurrency: int) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / "scaling.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["target", "replicas", "rps", "p50_ms", "p99_ms", "requests", "errors"])
-        for p in points:
-            w.writerow([p.target, p.replicas, f"{p.rps:.1f}", f"{p.p50_ms:.2f}", f"{p.p99_ms:.2f}", p.requests, p.errors])
+    write_csv(points, out_dir / "scaling.csv")
     via = [p for p in points if p.target == "nginx"]
     direct = next((p for p in points if p.target == "direct"), None)
     one = next((p for p in via if p.replicas == 1), None)
