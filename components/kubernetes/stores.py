@@ -188,90 +188,71 @@ class ClusterStores(pulumi.ComponentResource):
             opts=child(self),
         )
 
-    def _mysql(self, settings: Settings, stores: InClusterStores) -> list[pulumi.Resource]:
-        service = self._headless(settings, contract.MYSQL_HOST, ROLE_MYSQL, contract.MYSQL_PORT)
-        probe_command = [c for c in MYSQL_HEALTH_TEST if c != "CMD"]
+    def _store(self, settings: Settings, name: str, role: str, host: str, port: int,
+               container: k8s.core.v1.ContainerArgs, size_gi: int, storage_class: str | None) -> list[pulumi.Resource]:
+        """A store: one pod of a StatefulSet with its data on a claim mounted as `data`, behind a
+        headless Service named `host` whose port `host` is the container's."""
+        service = self._headless(settings, host, role, port)
         statefulset = k8s.apps.v1.StatefulSet(
-            "mysql",
+            name,
             k8s.apps.v1.StatefulSetInitArgs(
-                metadata=metadata(settings, "mysql", ROLE_MYSQL),
+                metadata=metadata(settings, name, role),
                 spec=k8s.apps.v1.StatefulSetSpecArgs(
-                    service_name=contract.MYSQL_HOST,
+                    service_name=host,
                     replicas=1,
-                    selector=selector(settings, ROLE_MYSQL),
+                    selector=selector(settings, role),
                     persistent_volume_claim_retention_policy=self._retention(settings),
                     template=k8s.core.v1.PodTemplateSpecArgs(
-                        metadata=k8s.meta.v1.ObjectMetaArgs(labels=metadata(settings, "mysql", ROLE_MYSQL).labels),
-                        spec=k8s.core.v1.PodSpecArgs(
-                            termination_grace_period_seconds=DEFAULT_STOP_GRACE_S,
-                            containers=[
-                                k8s.core.v1.ContainerArgs(
-                                    name="mysql",
-                                    image=settings.images.mysql,
-                                    env=[
-                                        env("MYSQL_DATABASE", DATABASE),
-                                        env("MYSQL_USER", USER),
-                                        secret_env("MYSQL_PASSWORD", SECRET_NAME, KEY_MYSQL_PASSWORD),
-                                        secret_env("MYSQL_ROOT_PASSWORD", SECRET_NAME, KEY_MYSQL_ROOT_PASSWORD),
-                                    ],
-                                    ports=[k8s.core.v1.ContainerPortArgs(name=contract.MYSQL_HOST, container_port=contract.MYSQL_PORT)],
-                                    volume_mounts=[k8s.core.v1.VolumeMountArgs(name="data", mount_path=MYSQL_DATA_DIR)],
-                                    resources=MYSQL_RESOURCES,
-                                    # First start initialises the data directory: up to 5 minutes.
-                                    startup_probe=exec_probe(probe_command, period_s=5, failures=60),
-                                    readiness_probe=exec_probe(probe_command, period_s=10, failures=3),
-                                    liveness_probe=exec_probe(probe_command, period_s=10, failures=6),
-                                )
-                            ],
-                        ),
+                        metadata=k8s.meta.v1.ObjectMetaArgs(labels=metadata(settings, name, role).labels),
+                        spec=k8s.core.v1.PodSpecArgs(termination_grace_period_seconds=DEFAULT_STOP_GRACE_S, containers=[container]),
                     ),
-                    volume_claim_templates=[self._claim(settings, "data", stores.mysql_storage_gi, stores.storage_class)],
+                    volume_claim_templates=[self._claim(settings, "data", size_gi, storage_class)],
                 ),
             ),
             opts=self._data_options(settings),
         )
         return [service, statefulset]
 
-    def _minio(self, settings: Settings, stores: InClusterStores) -> list[pulumi.Resource]:
-        service = self._headless(settings, contract.MINIO_HOST, ROLE_MINIO, contract.MINIO_PORT)
-        statefulset = k8s.apps.v1.StatefulSet(
-            "minio",
-            k8s.apps.v1.StatefulSetInitArgs(
-                metadata=metadata(settings, "minio", ROLE_MINIO),
-                spec=k8s.apps.v1.StatefulSetSpecArgs(
-                    service_name=contract.MINIO_HOST,
-                    replicas=1,
-                    selector=selector(settings, ROLE_MINIO),
-                    persistent_volume_claim_retention_policy=self._retention(settings),
-                    template=k8s.core.v1.PodTemplateSpecArgs(
-                        metadata=k8s.meta.v1.ObjectMetaArgs(labels=metadata(settings, "minio", ROLE_MINIO).labels),
-                        spec=k8s.core.v1.PodSpecArgs(
-                            termination_grace_period_seconds=DEFAULT_STOP_GRACE_S,
-                            containers=[
-                                k8s.core.v1.ContainerArgs(
-                                    name="minio",
-                                    image=settings.images.minio,
-                                    args=["server", MINIO_DATA_DIR],
-                                    env=[
-                                        secret_env("MINIO_ROOT_USER", SECRET_NAME, KEY_MINIO_USER),
-                                        secret_env("MINIO_ROOT_PASSWORD", SECRET_NAME, KEY_MINIO_PASSWORD),
-                                    ],
-                                    ports=[k8s.core.v1.ContainerPortArgs(name=contract.MINIO_HOST, container_port=contract.MINIO_PORT)],
-                                    volume_mounts=[k8s.core.v1.VolumeMountArgs(name="data", mount_path=MINIO_DATA_DIR)],
-                                    resources=MINIO_RESOURCES,
-                                    # MinIO's own health endpoints (no credentials needed).
-                                    readiness_probe=http_probe("/minio/health/ready", contract.MINIO_HOST, period_s=10, failures=3),
-                                    liveness_probe=http_probe("/minio/health/live", contract.MINIO_HOST, period_s=10, failures=6),
-                                )
-                            ],
-                        ),
-                    ),
-                    volume_claim_templates=[self._claim(settings, "data", stores.minio_storage_gi, stores.storage_class)],
-                ),
-            ),
-            opts=self._data_options(settings),
+    def _mysql(self, settings: Settings, stores: InClusterStores) -> list[pulumi.Resource]:
+        probe_command = [c for c in MYSQL_HEALTH_TEST if c != "CMD"]
+        container = k8s.core.v1.ContainerArgs(
+            name="mysql",
+            image=settings.images.mysql,
+            env=[
+                env("MYSQL_DATABASE", DATABASE),
+                env("MYSQL_USER", USER),
+                secret_env("MYSQL_PASSWORD", SECRET_NAME, KEY_MYSQL_PASSWORD),
+                secret_env("MYSQL_ROOT_PASSWORD", SECRET_NAME, KEY_MYSQL_ROOT_PASSWORD),
+            ],
+            ports=[k8s.core.v1.ContainerPortArgs(name=contract.MYSQL_HOST, container_port=contract.MYSQL_PORT)],
+            volume_mounts=[k8s.core.v1.VolumeMountArgs(name="data", mount_path=MYSQL_DATA_DIR)],
+            resources=MYSQL_RESOURCES,
+            # First start initialises the data directory: up to 5 minutes.
+            startup_probe=exec_probe(probe_command, period_s=5, failures=60),
+            readiness_probe=exec_probe(probe_command, period_s=10, failures=3),
+            liveness_probe=exec_probe(probe_command, period_s=10, failures=6),
         )
-        return [service, statefulset]
+        return self._store(settings, "mysql", ROLE_MYSQL, contract.MYSQL_HOST, contract.MYSQL_PORT, container,
+                           stores.mysql_storage_gi, stores.storage_class)
+
+    def _minio(self, settings: Settings, stores: InClusterStores) -> list[pulumi.Resource]:
+        container = k8s.core.v1.ContainerArgs(
+            name="minio",
+            image=settings.images.minio,
+            args=["server", MINIO_DATA_DIR],
+            env=[
+                secret_env("MINIO_ROOT_USER", SECRET_NAME, KEY_MINIO_USER),
+                secret_env("MINIO_ROOT_PASSWORD", SECRET_NAME, KEY_MINIO_PASSWORD),
+            ],
+            ports=[k8s.core.v1.ContainerPortArgs(name=contract.MINIO_HOST, container_port=contract.MINIO_PORT)],
+            volume_mounts=[k8s.core.v1.VolumeMountArgs(name="data", mount_path=MINIO_DATA_DIR)],
+            resources=MINIO_RESOURCES,
+            # MinIO's own health endpoints (no credentials needed).
+            readiness_probe=http_probe("/minio/health/ready", contract.MINIO_HOST, period_s=10, failures=3),
+            liveness_probe=http_probe("/minio/health/live", contract.MINIO_HOST, period_s=10, failures=6),
+        )
+        return self._store(settings, "minio", ROLE_MINIO, contract.MINIO_HOST, contract.MINIO_PORT, container,
+                           stores.minio_storage_gi, stores.storage_class)
 
     def _bucket_job(self, settings: Settings) -> k8s.batch.v1.Job:
         """MLflow never creates its bucket; `--ignore-existing` makes a re-run harmless."""
