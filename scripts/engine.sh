@@ -6,6 +6,8 @@
 # An engine that was already running is used as it is and never stopped by these scripts.
 # Debian 12's docker.io is Docker 20.10 (API 1.41): see README.md for what that version lacks.
 set -euo pipefail
+# shellcheck source=scripts/apt.sh
+source "$(dirname "$0")/apt.sh"
 
 sudo_cmd=()
 [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
@@ -23,16 +25,8 @@ case "${1:-}" in
     # debootstrap makes the Debian rootfs the stand-in images start from (enginestack/standins.py).
     if ! command -v dockerd >/dev/null 2>&1 || [ ! -x "$docker_cli" ] || ! command -v debootstrap >/dev/null 2>&1; then
       echo "engine: installing Debian's docker.io and debootstrap" >&2
-      "${sudo_cmd[@]}" apt-get update -qq
-      own_policy=0
-      # Keep the package's own service from starting: this script decides when dockerd runs.
-      if [ ! -e /usr/sbin/policy-rc.d ]; then
-        printf '#!/bin/sh\nexit 101\n' | "${sudo_cmd[@]}" tee /usr/sbin/policy-rc.d >/dev/null
-        "${sudo_cmd[@]}" chmod +x /usr/sbin/policy-rc.d
-        own_policy=1
-      fi
-      DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends docker.io debootstrap >/dev/null
-      [ "$own_policy" -eq 0 ] || "${sudo_cmd[@]}" rm -f /usr/sbin/policy-rc.d
+      # The package's own service stays down: this script decides when dockerd runs.
+      apt_install_quiet docker.io debootstrap
     fi
     if engine_answers; then
       exit 0

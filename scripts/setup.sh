@@ -4,6 +4,8 @@
 # `--python-only` skips the Debian packages (the fast tests need none; no root needed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/apt.sh
+source scripts/apt.sh
 python_only=0
 [ "${1:-}" = "--python-only" ] && python_only=1
 
@@ -21,17 +23,8 @@ if ((${#missing[@]})); then
   sudo_cmd=()
   [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
   echo "setup: installing Debian packages: ${missing[*]}"
-  "${sudo_cmd[@]}" apt-get update -qq
-  # A policy-rc.d that answers 101 keeps the packages' own services (mariadb on 3306,
-  # nginx on 80) from starting: the local stack runs private instances on those ports.
-  own_policy=0
-  if [ ! -e /usr/sbin/policy-rc.d ]; then
-    printf '#!/bin/sh\nexit 101\n' | "${sudo_cmd[@]}" tee /usr/sbin/policy-rc.d >/dev/null
-    "${sudo_cmd[@]}" chmod +x /usr/sbin/policy-rc.d
-    own_policy=1
-  fi
-  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  [ "$own_policy" -eq 0 ] || "${sudo_cmd[@]}" rm -f /usr/sbin/policy-rc.d
+  # The local stack runs private instances on the ports of the packages' own services.
+  apt_install_quiet "${missing[@]}"
 fi
 
 if [ ! -x .venv/bin/python ]; then
