@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from nginx.render import ACCESS_LOG_FLUSH_S
 from procstack import procs
 from procstack.loadgen import Load
 from stackconfig.names import ROLE_REPLICA
@@ -50,7 +51,12 @@ def test_killed_replica_costs_no_request_and_gets_no_more_traffic(stack):
     # With max_fails=1 a failure takes the victim out for fail_timeout, and the DNS stand-in
     # drops a dead process's address (as Docker's DNS does) within the resolver's valid=:
     # so the failed attempts are bounded by the in-flight requests per window.
+    # The access log is buffered (nginx/render.py): its lines arrive within the flush interval.
+    deadline = time.monotonic() + ACCESS_LOG_FLUSH_S + 10
     entries = balancer_log_entries(stack)[log_lines_before:]
+    while len(entries) < len(run.answers) * 0.9 and time.monotonic() < deadline:
+        time.sleep(0.1)  # poll interval
+        entries = balancer_log_entries(stack)[log_lines_before:]
     assert len(entries) >= len(run.answers) * 0.9, "the access log misses requests"
     failed_on_victim = [e for e in entries if victim_addr in e.get("upstream_addr", "") and "," in e["upstream_addr"]]
     fail_timeout = settings_of_stack(stack).balancer.fail_timeout_s
