@@ -122,9 +122,9 @@ def _model_dir_of(replica: Any, tmp_path: Path) -> Path:
 
 
 def test_scoring_matches_mlflow_models_serve(running: Running, tmp_path: Path) -> None:
-    """The conformance cases (tests/app: 18 accepted and 24 refused inputs, plus no content
-    type) through the published entry, against `mlflow models serve` on the very model the
-    replicas serve."""
+    """The conformance inputs (tests/app: 18 accepted and 24 refused inputs answered as
+    MLflow answers them, and the 4 where we differ on purpose) through the published entry,
+    against `mlflow models serve` on the very model the replicas serve."""
     from procstack import solo
     from tests.app import test_replica_conformance as conf
 
@@ -139,9 +139,15 @@ def test_scoring_matches_mlflow_models_serve(running: Running, tmp_path: Path) -
                 conf._compare(ours, theirs)
             except AssertionError as exc:
                 raise AssertionError(f"case {name}: {exc}") from exc
-        # No content type: compared by status, as tests/app's conformance test does.
-        body = conf.j({"dataframe_records": conf.records(conf.ROWS)})
-        assert conf._post(running.entry, None, body).status_code == conf._post(serve.url, None, body).status_code
+        # Deliberate differences (app/README.md, "Errors"): MLflow's answer as the suite
+        # records it, ours always JSON in MLflow's error shape, the balancer passing it on.
+        for name, (ct, body, (their_status, their_json), (our_status, our_code)) in sorted(conf.DIFFERENT.items()):
+            theirs = conf._post(serve.url, ct, body)
+            ours = conf._post(running.entry, ct, body)
+            assert theirs.status_code == their_status, (name, theirs.text[:300])
+            assert theirs.headers.get("content-type", "").startswith("application/json") == their_json, name
+            assert ours.status_code == our_status and ours.headers["content-type"] == "application/json", (name, ours.text[:300])
+            assert ours.json()["error_code"] == our_code and ours.json()["message"], (name, ours.text[:300])
     finally:
         serve.stop()
 
