@@ -90,7 +90,11 @@ def replica_pid(stack: LocalStack, group: str) -> int:
 
 
 def metric_sum(url: str, name: str, **labels: str) -> float:
-    text = httpx.get(url + contract.ROUTE_METRICS, timeout=10).text
+    return metric_total(httpx.get(url + contract.ROUTE_METRICS, timeout=10).text, name, **labels)
+
+
+def metric_total(text: str, name: str, **labels: str) -> float:
+    """The sum of a metric's samples with these labels, in Prometheus' text format."""
     total = 0.0
     for line in text.splitlines():
         if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
