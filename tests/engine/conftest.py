@@ -1,4 +1,4 @@
-"""The dev-shaped test stack (Pulumi.enginetest.yaml) on a real Docker engine, for the module.
+"""The dev-shaped test stack (Pulumi.enginetest.yaml) on a real Docker engine, for the session.
 
 Brought up with `enginestack` (the stand-in for `pulumi up`) on a free loopback port and taken
 down afterwards with everything it made: containers, network, volumes and the two app image tags
@@ -68,7 +68,9 @@ class Running:
         return c
 
 
-@pytest.fixture(scope="module")
+# One stack for every engine module (bringing one up builds the app images and starts every
+# service: minutes on two cores); each test states the config it needs through `up`.
+@pytest.fixture(scope="session")
 def running(engine: Any) -> Iterator[Running]:
     from enginestack import stack_lock, standins
 

@@ -78,7 +78,8 @@ def traffic(running: Running) -> Iterator[dict[str, Any]]:
 
     versions = {"challenger": _register(running, "challenger", 0.01), "candidate": _register(running, "candidate", 0.3)}
     before = {c.name: c.id for c in running.containers()}
-    running.up(**TRAFFIC)
+    # Payload logs are the process stack's to test (above); their share is every replica's env.
+    running.up(**{key: value for key, value in TRAFFIC.items() if key != "payloadLogPercent"})
     after = {c.name: c.id for c in running.containers()}
     # Adding groups and keys touches no replica of the default group (the balancer's conf changes).
     for index in range(2):
