@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import lru_cache
 from typing import Any
 
@@ -204,7 +204,12 @@ def test_a_hanging_or_dead_shadow_changes_no_answer_and_not_the_p99(stack: Local
 
 
 def test_keys_are_required_and_the_replicas_own_routes_are_out_of_reach(traffic: dict[str, Any]) -> None:
-    entry = traffic["entry"]
+    check_keys_limits_and_routes(traffic["entry"], traffic["keys"])
+
+
+def check_keys_limits_and_routes(entry: str, keys: dict[str, str]) -> None:
+    """No key or a wrong one: 401 in JSON; a right one in either header: 200; /ping open; the
+    replicas' own routes 404; a body over the limit 413 in JSON. (The engine tests too.)"""
     body = iris_bodies()[0]
     json_ct = {"Content-Type": "application/json"}
     for headers in ({}, {contract.HEADER_API_KEY: "wrong-key-0000000000000000000000"}, {contract.HEADER_AUTHORIZATION: "Bearer nope"}):
@@ -212,25 +217,31 @@ def test_keys_are_required_and_the_replicas_own_routes_are_out_of_reach(traffic:
         assert r.status_code == 401 and r.headers["content-type"] == "application/json"
         assert r.json()["error_code"] == "UNAUTHENTICATED"
     ok = httpx.post(entry + contract.ROUTE_INVOCATIONS, content=body,
-                    headers={**json_ct, contract.HEADER_AUTHORIZATION: f"Bearer {traffic['keys']['ops']}"}, timeout=10)
+                    headers={**json_ct, contract.HEADER_AUTHORIZATION: f"Bearer {keys['ops']}"}, timeout=10)
     assert ok.status_code == 200
     assert httpx.get(entry + contract.ROUTE_PING, timeout=10).status_code == 200  # open
     for route in (contract.ROUTE_METRICS, contract.ROUTE_HEALTH, contract.ROUTE_READY):
         r = httpx.get(entry + route, timeout=10)
         assert r.status_code == 404 and r.json()["error_code"] == "ENDPOINT_NOT_FOUND", route
     too_large = httpx.post(entry + contract.ROUTE_INVOCATIONS, content=b"x" * (16 * 2**20 + 1),
-                           headers={**json_ct, contract.HEADER_API_KEY: traffic["keys"]["ci"]}, timeout=30)
+                           headers={**json_ct, contract.HEADER_API_KEY: keys["ci"]}, timeout=30)
     assert too_large.status_code == 413 and too_large.json()["error_code"] == "REQUEST_LIMIT_EXCEEDED"
 
 
 def test_over_the_rate_is_429_in_json_with_retry_after(stack: LocalStack, traffic: dict[str, Any]) -> None:
-    stack.up({"rateLimitPerKey": 5, "rateLimitBurst": 5})  # the balancer only
+    check_rate_limit(lambda changes: stack.up(changes), lambda: str(info(stack)["entry_url"]), traffic["keys"])
+
+
+def check_rate_limit(up: Callable[[dict[str, object]], object], entry: Callable[[], str], keys: dict[str, str]) -> None:
+    """A rate per key applied with `up` (the balancer only): over it 429 in JSON with
+    Retry-After, another key in its own bucket. (The engine tests too.)"""
+    up({"rateLimitPerKey": 5, "rateLimitBurst": 5})
     try:
         with httpx.Client(timeout=10) as client:
-            answers = run(client, info(stack)["entry_url"], 40, traffic["keys"]["ops"])
-            other = run(client, info(stack)["entry_url"], 1, traffic["keys"]["ci"])  # its own bucket
+            answers = run(client, entry(), 40, keys["ops"])
+            other = run(client, entry(), 1, keys["ci"])  # its own bucket
     finally:
-        stack.up({"rateLimitPerKey": None, "rateLimitBurst": None})
+        up({"rateLimitPerKey": None, "rateLimitBurst": None})
     statuses = Counter(a["status"] for a in answers)
     assert statuses[429] >= 40 - 5 - 3 and statuses[200] >= 1, statuses
     refused = next(a for a in answers if a["status"] == 429)

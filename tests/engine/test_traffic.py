@@ -31,7 +31,8 @@ from tests.e2e.test_06_traffic import (
     SHARE_REQUESTS,
     TRAFFIC,
     bound,
-    iris_bodies,
+    check_keys_limits_and_routes,
+    check_rate_limit,
     metric_total,
     p99,
     run,
@@ -150,34 +151,8 @@ def test_a_hanging_or_dead_shadow_changes_no_answer_and_not_the_p99(running: Run
 
 
 def test_keys_limits_and_the_replicas_own_routes_at_the_published_entry(traffic: dict[str, Any]) -> None:
-    entry, body = traffic["entry"], iris_bodies()[0]
-    json_ct = {"Content-Type": "application/json"}
-    for headers in ({}, {contract.HEADER_API_KEY: "wrong-key-0000000000000000000000"}, {contract.HEADER_AUTHORIZATION: "Bearer nope"}):
-        r = httpx.post(entry + contract.ROUTE_INVOCATIONS, content=body, headers={**json_ct, **headers}, timeout=10)
-        assert r.status_code == 401 and r.headers["content-type"] == "application/json"
-        assert r.json()["error_code"] == "UNAUTHENTICATED"
-    ok = httpx.post(entry + contract.ROUTE_INVOCATIONS, content=body,
-                    headers={**json_ct, contract.HEADER_AUTHORIZATION: f"Bearer {traffic['keys']['ops']}"}, timeout=10)
-    assert ok.status_code == 200
-    assert httpx.get(entry + contract.ROUTE_PING, timeout=10).status_code == 200  # open
-    for route in (contract.ROUTE_METRICS, contract.ROUTE_HEALTH, contract.ROUTE_READY):
-        r = httpx.get(entry + route, timeout=10)
-        assert r.status_code == 404 and r.json()["error_code"] == "ENDPOINT_NOT_FOUND", route
-    too_large = httpx.post(entry + contract.ROUTE_INVOCATIONS, content=b"x" * (16 * 2**20 + 1),
-                           headers={**json_ct, contract.HEADER_API_KEY: traffic["keys"]["ci"]}, timeout=30)
-    assert too_large.status_code == 413 and too_large.json()["error_code"] == "REQUEST_LIMIT_EXCEEDED"
+    check_keys_limits_and_routes(traffic["entry"], traffic["keys"])
 
 
 def test_over_the_rate_is_429_in_json_with_retry_after(running: Running, traffic: dict[str, Any]) -> None:
-    running.up(rateLimitPerKey=5, rateLimitBurst=5)  # the balancer only
-    try:
-        with httpx.Client(timeout=10) as client:
-            answers = run(client, running.entry, 40, traffic["keys"]["ops"])
-            other = run(client, running.entry, 1, traffic["keys"]["ci"])  # its own bucket
-    finally:
-        running.up(rateLimitPerKey=None, rateLimitBurst=None)
-    statuses = Counter(a["status"] for a in answers)
-    assert statuses[429] >= 40 - 5 - 3 and statuses[200] >= 1, statuses
-    refused = next(a for a in answers if a["status"] == 429)
-    assert refused["headers"]["content-type"] == "application/json" and int(refused["headers"]["retry-after"]) >= 1
-    assert other[0]["status"] == 200
+    check_rate_limit(lambda changes: running.up(**changes), lambda: running.entry, traffic["keys"])
