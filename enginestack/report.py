@@ -35,12 +35,10 @@ STACK = "enginetest"  # the test stack's config (stand-in images); tests and rep
 # machine's other core, so 0.25 would measure them. At 0.1 four replicas need 0.4 CPU.
 QUOTA = "0.1"
 # Connections per replica: the offered concurrency grows with the replicas, so that each one
-# sees the same queue (and batches as well) at every count. Kept small: measured with the
-# replica containers' cpuacct, a replica held to 0.1 CPU spent 70-94 us of CPU a request with
-# 32 connections when it was alone (big micro-batches) but ~160 us once two shared 64 through
-# nginx, and ~164 us at 8 connections whether alone or one of two: how it batches under the
-# quota's on/off cycle depends on how requests arrive, and the 32-per-replica curve measured
-# that. At 8 the cost per request holds steady as replicas are added.
+# sees the same queue at every count. 8, not 32: at 32 the CPU a replica held to 0.1 CPU spent
+# per request wandered most between runs (70-164 us, by the containers' cpuacct). It still
+# grows as replicas are added (each one's fixed background work and smaller micro-batches:
+# README, "Throughput by replica count"), which is why the curve falls short of linear here.
 CONNECTIONS_PER_REPLICA = 8
 
 
