@@ -141,23 +141,28 @@ def traffic(stack: LocalStack) -> Iterator[dict[str, Any]]:
         stack.up(UNDO)
 
 
-def test_the_canary_answers_its_share_and_every_answer_names_its_model(stack: LocalStack, traffic: dict[str, Any]) -> None:
-    shadow = replica_url(stack, "candidate")
-    copies_before = metric_sum(shadow, "mlserve_replica_shadow_requests_total")
-    with httpx.Client(timeout=10) as client:
-        answers = run(client, traffic["entry"], SHARE_REQUESTS, traffic["keys"]["ci"])
+def check_canary_answers(answers: list[dict[str, Any]], versions: dict[str, str]) -> None:
+    """SHARE_REQUESTS answers: all 200, the canary's share within the bound, never the shadow,
+    each naming the model and the version its alias serves. (The engine tests too.)"""
     assert Counter(a["status"] for a in answers) == {200: SHARE_REQUESTS}
     by_alias = Counter(a["headers"][contract.HEADER_MODEL_ALIAS.lower()] for a in answers)
     assert set(by_alias) == {"champion", "challenger"}, by_alias  # never the shadow
     expected = SHARE_REQUESTS * CANARY_PERCENT / 100
     assert abs(by_alias["challenger"] - expected) <= bound(SHARE_REQUESTS, CANARY_PERCENT / 100), by_alias
-    versions = traffic["versions"]
     for a in answers:
         alias = a["headers"][contract.HEADER_MODEL_ALIAS.lower()]
         assert a["headers"][contract.HEADER_MODEL_NAME.lower()] == MODEL
         assert a["headers"][contract.HEADER_MODEL_VERSION.lower()] == versions[alias]
     print(f"\ncanary share: {by_alias['challenger']} of {SHARE_REQUESTS} (expected {expected:.0f} "
           f"+/- {bound(SHARE_REQUESTS, CANARY_PERCENT / 100):.0f})")
+
+
+def test_the_canary_answers_its_share_and_every_answer_names_its_model(stack: LocalStack, traffic: dict[str, Any]) -> None:
+    shadow = replica_url(stack, "candidate")
+    copies_before = metric_sum(shadow, "mlserve_replica_shadow_requests_total")
+    with httpx.Client(timeout=10) as client:
+        answers = run(client, traffic["entry"], SHARE_REQUESTS, traffic["keys"]["ci"])
+    check_canary_answers(answers, traffic["versions"])
     # The shadow compared its share of them (copies are handed on in the background).
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
