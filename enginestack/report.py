@@ -4,10 +4,23 @@ Each replica is held to a CPU quota (Docker --cpus, the stack key replicaCpus) m
 replicas, not the load generator (wrk, on the host) or the balancer, the bottleneck: with
 QUOTA = 0.1 and up to 4 replicas the replicas together get 0.4 of the machine's two cores and wrk
 and nginx the rest; wrk keeps CONNECTIONS_PER_REPLICA connections open per replica. Whether the
-quota is small enough shows in the table: the direct run is one replica's ceiling. So the curve shows what adding replicas buys, not how processes fight over two cores.
+quota is small enough shows in the table: the direct run is one replica's ceiling. So the curve
+shows what adding replicas buys, not how processes fight over two cores.
+
+Every count from 2 replicas is measured with both balancing algorithms (balancerAlgorithm),
+one right after the other. A replica at its quota runs about 10 ms of each 100 ms CFS period
+and is frozen for the rest; round robin keeps handing a frozen replica its share of new
+requests, so the client's connections pile up behind it while the others idle (measured: each
+of four replicas throttled in ~60 % of the periods instead of all of them, half the rows per
+model call, twice the CPU per request). least_conn sends new requests to the replicas that
+are answering. Which one a user wants is in the README ("Throughput by replica count").
+
 At 1 replica the same load also goes straight to a replica container with the same quota and
 environment (published on 127.0.0.1 for the report only, removed after), so the balancer's cost
 is a ratio of two measurements of one run.
+
+The replicas poll the registry at the stack default (pollIntervalSeconds), not at the test
+stack's 2 s: at 0.1 CPU a poll every 2 s alone was ~5 % of a replica's quota.
 
 Writes <out>/engine-scaling.md (table), .csv and .png. Every wrk run is bounded by its duration;
 only loopback addresses are loaded. The stack (`enginetest`) is taken
@@ -17,6 +30,7 @@ down afterwards with its volumes; it holds the same lock as the engine tests.
 from __future__ import annotations
 
 import socket
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -28,6 +42,7 @@ from enginestack.apply import EngineStack
 from procstack.loadgen import iris_row_body
 from procstack.report import Point, write_csv, wrk
 from stackconfig.names import LABEL_STACK
+from stackconfig.settings import BALANCER_ALGORITHMS, DEFAULTS
 
 STACK = "enginetest"  # the test stack's config (stand-in images); tests and report share a lock
 # CPUs of each replica. Measured here: one replica at 0.25 CPU already answers ~2,500 single-row
@@ -40,6 +55,13 @@ QUOTA = "0.1"
 # grows as replicas are added (each one's fixed background work and smaller micro-batches:
 # README, "Throughput by replica count"), which is why the curve falls short of linear here.
 CONNECTIONS_PER_REPLICA = 8
+# The wrk targets of the table: the default algorithm keeps the name the table always had.
+DEFAULT_ALGORITHM = DEFAULTS["balancerAlgorithm"]
+OTHER_ALGORITHMS = tuple(a for a in BALANCER_ALGORITHMS if a != DEFAULT_ALGORITHM)
+
+
+def target(algorithm: str) -> str:
+    return "nginx" if algorithm == DEFAULT_ALGORITHM else f"nginx {algorithm}"
 
 
 def _free_port() -> int:
@@ -79,66 +101,94 @@ def _direct(stack: EngineStack, port: int) -> Any:
     )
 
 
-def report(max_replicas: int, duration: float, out_dir: Path) -> list[Point]:
-    if not 1 <= max_replicas <= 8 or not 1 <= duration <= 120:
-        raise ValueError("--max-replicas 1..8 and --duration 1..120 s")
+def report(max_replicas: int, duration: float, out_dir: Path, rounds: int = 3) -> list[Point]:
+    if not 1 <= max_replicas <= 8 or not 1 <= duration <= 120 or not 1 <= rounds <= 9:
+        raise ValueError("--max-replicas 1..8, --duration 1..120 s and --rounds 1..9")
     from enginestack import stack_lock
 
     with stack_lock(STACK):
-        return _report(max_replicas, duration, out_dir)
+        return _report(max_replicas, duration, out_dir, rounds)
 
 
-def _report(max_replicas: int, duration: float, out_dir: Path) -> list[Point]:
+def _median(runs: list[Point]) -> Point:
+    """The run of median throughput (of an even count, the lower middle), its errors the rounds' sum."""
+    mid = sorted(runs, key=lambda p: p.rps)[(len(runs) - 1) // 2]
+    return Point(mid.target, mid.replicas, mid.rps, mid.p50_ms, mid.p99_ms, mid.requests, sum(p.errors for p in runs))
+
+
+def _report(max_replicas: int, duration: float, out_dir: Path, rounds: int) -> list[Point]:
+    """Every point `rounds` times, round after round (the machine's other load drifts slowly,
+    and one replica's CPU per request moved by up to 40 % between single runs here); the
+    table has each point's median run."""
     stack = EngineStack(STACK, log=lambda line: None)
     port = _free_port()
-    config: dict[str, object | None] = {"balancerPort": port, "replicaCpus": QUOTA, "replicas": 1, "weights": [1]}
+    config: dict[str, object | None] = {"balancerPort": port, "replicaCpus": QUOTA, "replicas": 1, "weights": [1],
+                                        "pollIntervalSeconds": DEFAULTS["pollIntervalSeconds"],
+                                        "balancerAlgorithm": DEFAULT_ALGORITHM}
     entry = f"http://127.0.0.1:{port}{contract.ROUTE_INVOCATIONS}"
-    points: list[Point] = []
+    runs: dict[tuple[str, int], list[Point]] = {}
+    balancer_ratios: list[float] = []
+
+    def measure(rnd: int, label: str, n: int, url: str, connections: int, warm: bool = True) -> Point:
+        if warm:
+            wrk(url, 2.0, connections)
+        point = Point.of(label, n, wrk(url, duration, connections))
+        runs.setdefault((label, n), []).append(point)
+        print(f"round {rnd + 1}: {n} replica(s) {label}: {point.rps:.0f} req/s, p99 {point.p99_ms:.1f} ms, "
+              f"errors {point.errors}", flush=True)
+        return point
+
     stack.down(purge=True)
     try:
         declared, built = stack.declare(config)
-        for n in range(1, max_replicas + 1):
-            config.update(replicas=n, weights=[1] * n)
-            from mockrun import run_program
+        from mockrun import run_program
 
-            stack.apply(run_program(STACK, config, image_ids={k: b.image_id for k, b in built.items()}))
-            _wait_serving(entry, {f"mlserve-{STACK}-replica-{i}" for i in range(n)})
-            connections = CONNECTIONS_PER_REPLICA * n
-            wrk(entry, 2.0, connections)  # warm-up
-            r = wrk(entry, duration, connections)
-            points.append(Point.of("nginx", n, r))
-            print(f"{n} replica(s) via nginx: {r['rps']:.0f} req/s, p99 {r['p99_ms']:.1f} ms, errors {r['errors']}", flush=True)
-            if n == 1:
+        order = [DEFAULT_ALGORITHM, *OTHER_ALGORITHMS]
+        for rnd in range(rounds):
+            for n in range(1, max_replicas + 1):
+                connections = CONNECTIONS_PER_REPLICA * n
+                # One replica has nobody to choose from: the algorithms are measured from two on.
+                # The order alternates from one count to the next, so the balancer is re-created
+                # (its conf is an upload) once per count, not twice.
+                for algorithm in order if n > 1 else [DEFAULT_ALGORITHM]:
+                    config.update(replicas=n, weights=[1] * n, balancerAlgorithm=algorithm)
+                    stack.apply(run_program(STACK, config, image_ids={k: b.image_id for k, b in built.items()}))
+                    _wait_serving(entry, {f"mlserve-{STACK}-replica-{i}" for i in range(n)})
+                    first = measure(rnd, target(algorithm), n, entry, connections)
+                if n > 1:
+                    order.reverse()
+                    continue
                 direct_port = _free_port()
                 container = _direct(stack, direct_port)
                 try:
                     url = f"http://127.0.0.1:{direct_port}{contract.ROUTE_INVOCATIONS}"
                     _wait_serving(url, {f"mlserve-{STACK}-direct"}, 180)
-                    wrk(url, 2.0, connections)
-                    d = wrk(url, duration, connections)
+                    direct = measure(rnd, "direct", 1, url, connections)
                     # The same load through nginx again, right after: the ratio is of neighbours.
-                    again = wrk(entry, duration, connections)
+                    again = measure(rnd, "nginx-again", 1, entry, connections, warm=False)
                 finally:
                     container.remove(force=True)
-                points.append(Point.of("direct", 1, d))
-                points.append(Point.of("nginx-again", 1, again))
-                print(f"1 replica direct: {d['rps']:.0f} req/s, p99 {d['p99_ms']:.1f} ms; via nginx again {again['rps']:.0f}", flush=True)
+                balancer_ratios.append((first.rps + again.rps) / 2 / direct.rps)
     finally:
         stack.down(purge=True)
-    _write(points, out_dir, duration)
+    points = [_median(r) for r in runs.values()]
+    _write(points, out_dir, duration, rounds, sorted(balancer_ratios))
     return points
 
 
-def _write(points: list[Point], out_dir: Path, duration: float) -> None:
+def _write(points: list[Point], out_dir: Path, duration: float, rounds: int, balancer_ratios: list[float]) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     write_csv(points, out_dir / "engine-scaling.csv")
     via = [p for p in points if p.target == "nginx"]
     one = via[0]
+    # One replica is the same point for every algorithm: each curve starts from it.
+    others = {a: [one, *(p for p in points if p.target == target(a))] for a in OTHER_ALGORITHMS}
     direct = next(p for p in points if p.target == "direct")
-    again = next(p for p in points if p.target == "nginx-again")
     lines = [
-        f"Docker engine, each replica held to {QUOTA} CPU (--cpus); wrk with {CONNECTIONS_PER_REPLICA} connections per replica, {duration:g} s per point,"
-        " single-row iris POST /invocations to the balancer published on 127.0.0.1",
+        f"Docker engine, each replica held to {QUOTA} CPU (--cpus); wrk with {CONNECTIONS_PER_REPLICA} connections per replica, {duration:g} s per run,"
+        f" the median of {rounds} rounds; single-row iris POST /invocations to the balancer published on 127.0.0.1;"
+        f" target nginx: balancerAlgorithm {DEFAULT_ALGORITHM} (the default)"
+        + "".join(f", {target(a)}: balancerAlgorithm {a}" for a in OTHER_ALGORITHMS),
         "",
         "| replicas | target | req/s | x 1 replica | / linear | p50 ms | p99 ms | errors |",
         "|---:|---|---:|---:|---:|---:|---:|---:|",
@@ -146,9 +196,14 @@ def _write(points: list[Point], out_dir: Path, duration: float) -> None:
     for p in points:
         scale = p.rps / one.rps
         lines.append(f"| {p.replicas} | {p.target} | {p.rps:.0f} | {scale:.2f} | {scale / p.replicas:.2f} | {p.p50_ms:.1f} | {p.p99_ms:.1f} | {p.errors} |")
-    mean_nginx = (one.rps + again.rps) / 2
-    lines += ["", f"Balancer cost at 1 replica: throughput via nginx / direct = {mean_nginx / direct.rps:.2f}"
-              f" (mean of the runs before and after the direct one), p99 via nginx / direct = {one.p99_ms / direct.p99_ms:.2f}"]
+    ratio = statistics.median(balancer_ratios)
+    lines += ["", f"Balancer cost at 1 replica: throughput via nginx / direct = {ratio:.2f}"
+              f" [{balancer_ratios[0]:.2f}..{balancer_ratios[-1]:.2f}] (per round, the mean of the runs before and after"
+              f" the direct one; median [min..max] of {rounds} rounds), p99 via nginx / direct = {one.p99_ms / direct.p99_ms:.2f}"]
+    last = via[-1].replicas
+    lines.append(f"At {last} replicas, of linear (n x 1 replica via nginx): " + ", ".join(
+        f"{a} {curve[-1].rps / (one.rps * last):.2f}" for a, curve in [(DEFAULT_ALGORITHM, via), *others.items()]
+        if curve[-1].replicas == last))
     text = "\n".join(lines) + "\n"
     (out_dir / "engine-scaling.md").write_text(text)
     print(text)
@@ -162,7 +217,9 @@ def _write(points: list[Point], out_dir: Path, duration: float) -> None:
     xs = [p.replicas for p in via]
     ax1.plot(xs, [one.rps * x for x in xs], ":", color="gray", label="linear (n x 1 replica)")
     ax1.plot(xs, [0.8 * one.rps * x for x in xs], "--", color="lightgray", label="0.8 x linear")
-    ax1.plot(xs, [p.rps for p in via], "o-", color="tab:blue", label="via nginx")
+    ax1.plot(xs, [p.rps for p in via], "o-", color="tab:blue", label=f"via nginx, {DEFAULT_ALGORITHM}")
+    for (algorithm, curve), color in zip(others.items(), ("tab:green", "tab:purple"), strict=False):
+        ax1.plot([p.replicas for p in curve], [p.rps for p in curve], "o-", color=color, label=f"via nginx, {algorithm}")
     ax1.plot([1], [direct.rps], "s", color="tab:orange", label="one replica direct")
     ax1.set_xlabel("replicas")
     ax1.set_ylabel("requests/s")
@@ -170,8 +227,10 @@ def _write(points: list[Point], out_dir: Path, duration: float) -> None:
     ax1.set_ylim(bottom=0)
     ax1.legend(fontsize=8, loc="upper left")
     ax1.set_title(f"throughput, each replica limited to {QUOTA} CPU")
-    ax2.plot(xs, [p.p99_ms for p in via], "^-", color="tab:red", label="p99 via nginx")
-    ax2.plot([1], [direct.p99_ms], "s", color="tab:orange", label="p99 direct")
+    ax2.plot(xs, [p.p99_ms for p in via], "^-", color="tab:blue", label=f"via nginx, {DEFAULT_ALGORITHM}")
+    for (algorithm, curve), color in zip(others.items(), ("tab:green", "tab:purple"), strict=False):
+        ax2.plot([p.replicas for p in curve], [p.p99_ms for p in curve], "^-", color=color, label=f"via nginx, {algorithm}")
+    ax2.plot([1], [direct.p99_ms], "s", color="tab:orange", label="one replica direct")
     ax2.set_xlabel("replicas")
     ax2.set_ylabel("p99 latency (ms)")
     ax2.set_xticks(xs)

@@ -1,0 +1,38 @@
+"""The engine report's arithmetic (no engine needed): medians of the rounds, one curve per
+balancing algorithm that starts from the one-replica point, and the balancer's cost."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from enginestack import report
+from procstack.report import Point
+
+
+def _p(target: str, n: int, rps: float, errors: int = 0) -> Point:
+    return Point(target, n, rps, 1.0, 90.0 + rps / 1000, 1000, errors)
+
+
+def test_a_point_is_its_median_run_and_counts_every_rounds_errors() -> None:
+    runs = [_p("nginx", 2, 900, errors=1), _p("nginx", 2, 2000), _p("nginx", 2, 1100, errors=2)]
+    median = report._median(runs)
+    assert (median.rps, median.p99_ms, median.errors) == (1100, 91.1, 3)
+    # Of an even count, the lower middle: never a figure no run measured.
+    assert report._median(runs[:2]).rps == 900
+
+
+def test_the_table_has_every_algorithm_against_linear_and_the_balancers_cost(tmp_path: Path) -> None:
+    other = report.OTHER_ALGORITHMS[0]
+    assert report.target(report.DEFAULT_ALGORITHM) == "nginx"
+    assert report.target(other) == f"nginx {other}"
+    points = [_p("nginx", 1, 1000), _p("direct", 1, 1100), _p("nginx-again", 1, 1050),
+              _p("nginx", 2, 1500), _p(report.target(other), 2, 1900),
+              _p("nginx", 3, 1800), _p(report.target(other), 3, 2700)]
+    report._write(points, tmp_path, 8, 3, [0.9, 0.95, 1.0])
+    table = (tmp_path / "engine-scaling.md").read_text()
+    assert f"| 3 | nginx {other} | 2700 | 2.70 | 0.90 |" in table
+    assert "| 3 | nginx | 1800 | 1.80 | 0.60 |" in table
+    assert "throughput via nginx / direct = 0.95 [0.90..1.00]" in table
+    assert f"At 3 replicas, of linear (n x 1 replica via nginx): {report.DEFAULT_ALGORITHM} 0.60, {other} 0.90" in table
+    assert (tmp_path / "engine-scaling.png").stat().st_size > 0
+    assert (tmp_path / "engine-scaling.csv").read_text().count("\n") == len(points) + 1
