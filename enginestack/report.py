@@ -51,9 +51,7 @@ STACK = "enginetest"  # the test stack's config (stand-in images); tests and rep
 QUOTA = "0.1"
 # Connections per replica: the offered concurrency grows with the replicas, so that each one
 # sees the same queue at every count. 8, not 32: at 32 the CPU a replica held to 0.1 CPU spent
-# per request wandered most between runs (70-164 us, by the containers' cpuacct). It still
-# grows as replicas are added (each one's fixed background work and smaller micro-batches:
-# README, "Throughput by replica count"), which is why the curve falls short of linear here.
+# per request wandered most between runs (70-164 us, by the containers' cpuacct).
 CONNECTIONS_PER_REPLICA = 8
 # The wrk targets of the table: the default algorithm keeps the name the table always had.
 DEFAULT_ALGORITHM = DEFAULTS["balancerAlgorithm"]
@@ -182,7 +180,8 @@ def _write(points: list[Point], out_dir: Path, duration: float, rounds: int, bal
     via = [p for p in points if p.target == "nginx"]
     one = via[0]
     # One replica is the same point for every algorithm: each curve starts from it.
-    others = {a: [one, *(p for p in points if p.target == target(a))] for a in OTHER_ALGORITHMS}
+    curves = {DEFAULT_ALGORITHM: via, **{a: [one, *(p for p in points if p.target == target(a))] for a in OTHER_ALGORITHMS}}
+    colors = dict(zip(curves, ("tab:blue", "tab:green", "tab:purple"), strict=False))
     direct = next(p for p in points if p.target == "direct")
     lines = [
         f"Docker engine, each replica held to {QUOTA} CPU (--cpus); wrk with {CONNECTIONS_PER_REPLICA} connections per replica, {duration:g} s per run,"
@@ -202,8 +201,7 @@ def _write(points: list[Point], out_dir: Path, duration: float, rounds: int, bal
               f" the direct one; median [min..max] of {rounds} rounds), p99 via nginx / direct = {one.p99_ms / direct.p99_ms:.2f}"]
     last = via[-1].replicas
     lines.append(f"At {last} replicas, of linear (n x 1 replica via nginx): " + ", ".join(
-        f"{a} {curve[-1].rps / (one.rps * last):.2f}" for a, curve in [(DEFAULT_ALGORITHM, via), *others.items()]
-        if curve[-1].replicas == last))
+        f"{a} {curve[-1].rps / (one.rps * last):.2f}" for a, curve in curves.items() if curve[-1].replicas == last))
     text = "\n".join(lines) + "\n"
     (out_dir / "engine-scaling.md").write_text(text)
     print(text)
@@ -217,9 +215,8 @@ def _write(points: list[Point], out_dir: Path, duration: float, rounds: int, bal
     xs = [p.replicas for p in via]
     ax1.plot(xs, [one.rps * x for x in xs], ":", color="gray", label="linear (n x 1 replica)")
     ax1.plot(xs, [0.8 * one.rps * x for x in xs], "--", color="lightgray", label="0.8 x linear")
-    ax1.plot(xs, [p.rps for p in via], "o-", color="tab:blue", label=f"via nginx, {DEFAULT_ALGORITHM}")
-    for (algorithm, curve), color in zip(others.items(), ("tab:green", "tab:purple"), strict=False):
-        ax1.plot([p.replicas for p in curve], [p.rps for p in curve], "o-", color=color, label=f"via nginx, {algorithm}")
+    for algorithm, curve in curves.items():
+        ax1.plot([p.replicas for p in curve], [p.rps for p in curve], "o-", color=colors[algorithm], label=f"via nginx, {algorithm}")
     ax1.plot([1], [direct.rps], "s", color="tab:orange", label="one replica direct")
     ax1.set_xlabel("replicas")
     ax1.set_ylabel("requests/s")
@@ -227,9 +224,8 @@ def _write(points: list[Point], out_dir: Path, duration: float, rounds: int, bal
     ax1.set_ylim(bottom=0)
     ax1.legend(fontsize=8, loc="upper left")
     ax1.set_title(f"throughput, each replica limited to {QUOTA} CPU")
-    ax2.plot(xs, [p.p99_ms for p in via], "^-", color="tab:blue", label=f"via nginx, {DEFAULT_ALGORITHM}")
-    for (algorithm, curve), color in zip(others.items(), ("tab:green", "tab:purple"), strict=False):
-        ax2.plot([p.replicas for p in curve], [p.p99_ms for p in curve], "^-", color=color, label=f"via nginx, {algorithm}")
+    for algorithm, curve in curves.items():
+        ax2.plot([p.replicas for p in curve], [p.p99_ms for p in curve], "^-", color=colors[algorithm], label=f"via nginx, {algorithm}")
     ax2.plot([1], [direct.p99_ms], "s", color="tab:orange", label="one replica direct")
     ax2.set_xlabel("replicas")
     ax2.set_ylabel("p99 latency (ms)")

@@ -234,7 +234,7 @@ def check_keys_limits_and_routes(entry: str, keys: dict[str, str]) -> None:
 
 
 def test_over_the_rate_is_429_in_json_with_retry_after(stack: LocalStack, traffic: dict[str, Any]) -> None:
-    check_rate_limit(lambda changes: stack.up(changes), lambda: str(info(stack)["entry_url"]), traffic["keys"])
+    check_rate_limit(stack.up, lambda: str(info(stack)["entry_url"]), traffic["keys"])
 
 
 def check_rate_limit(up: Callable[[dict[str, object]], object], entry: Callable[[], str], keys: dict[str, str]) -> None:
