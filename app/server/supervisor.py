@@ -7,7 +7,9 @@ One process, the container's first, runs no model and serves no request itself. 
 - listens on the replica's port and hands each accepted connection to the ready worker with
   the fewest open connections (the descriptor goes over the worker's control socket). A
   shared listening socket would let the kernel decide, and a burst of connects (nginx
-  opening its keep-alive pool, a load generator) then often lands on one process;
+  opening its keep-alive pool, a load generator) then often lands on one process. It keeps
+  its copy until the worker says it took the connection: one handed to a worker that dies
+  first (a SIGKILL's exit takes milliseconds) goes to another worker instead of being reset;
 - follows the alias for all of them: it polls (through a worker, which has the MLflow
   client), has every ready worker load a new version, and when all have it, moves the
   version that serves with one store on the board (board.py), so each process answers
@@ -26,6 +28,7 @@ process with other threads can inherit a lock held by one of them.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import ctypes
 import gc
@@ -103,6 +106,10 @@ class Worker:
     ready: bool = False
     sock_open: bool = True
     assigned: int = 0  # connections handed over (open = assigned - the board's closed count)
+    # Our copies of connections handed over and not yet confirmed taken (worker.TOOK), oldest
+    # first, and how many the worker has confirmed.
+    handed: collections.deque[socket.socket] = field(default_factory=collections.deque)
+    took: int = 0
     loaded: dict[str, set[int]] = field(default_factory=dict)
 
 
@@ -402,8 +409,12 @@ class Supervisor:
         for w in self.workers.values():
             w.sock.close()
             os.close(w.pidfd)
+            for conn in w.handed:
+                conn.close()
 
     def _exited(self, w: Worker) -> None:
+        if w.sock_open:
+            self._from_worker(w)  # what it confirmed before it died, still queued
         self.sel.unregister(w.pidfd)
         if w.sock_open:
             self.sel.unregister(w.sock)
@@ -412,6 +423,17 @@ class Supervisor:
         _, status = os.waitpid(w.pid, 0)
         code = os.waitstatus_to_exitcode(status)
         del self.workers[w.index]
+        # Handed to it and never taken (it died first): the client's request is still unread
+        # in the connection, so another worker can serve it.
+        unclaimed, w.handed = w.handed, collections.deque()
+        for conn in unclaimed:
+            if self.draining:
+                conn.close()
+            else:
+                self._dispatch(conn)
+        if unclaimed:
+            log.warning("connections the exited process had not taken handed on",
+                        extra={"worker": w.index, "connections": len(unclaimed), "draining": self.draining})
         slot = self.board.slot(w.index)
         self.served_before += slot["served"]
         self.pending_left += slot["pending"]
@@ -487,6 +509,8 @@ class Supervisor:
                 log.exception("worker message failed", extra={"worker": w.index})
 
     def _message(self, w: Worker, msg: dict[str, Any]) -> None:
+        from app.server.worker import TOOK
+
         op = msg.get("op")
         if op == "ready":
             w.ready = True
@@ -501,6 +525,11 @@ class Supervisor:
                     self._poll(track)
                 self._check_round(track)
             self._write_doc()
+        elif op == TOOK:
+            taken = int(msg["total"]) - w.took
+            w.took += taken
+            for _ in range(min(taken, len(w.handed))):
+                w.handed.popleft().close()
         elif op == "loaded":
             self._loaded(w, self.tracks[msg["track"]], int(msg["gen"]), msg)
         elif op == "resolved":
@@ -536,9 +565,10 @@ class Supervisor:
                 except OSError:
                     continue
                 w.assigned += 1
-                break
-        # Ours is closed either way; with no worker to take it, the client sees it closed at
-        # once (nginx then tries another replica) instead of waiting in the backlog.
+                w.handed.append(conn)  # ours until the worker says it took it
+                return
+        # With no worker to take it, the client sees it closed at once (nginx then tries
+        # another replica) instead of waiting in the backlog.
         conn.close()
 
     # -- following the alias -------------------------------------------------------------------

@@ -9,6 +9,7 @@ suite runs against two processes too (conftest.py)."""
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import os
 import signal
@@ -158,6 +159,58 @@ def test_a_killed_process_is_replaced_while_the_replica_stays_ready_under_load(r
     # At most what the killed process held: one request per connection it had.
     assert len(lost) <= threads, lost[:5]
     assert sum(1 for a in answers if a.sent > killed_at and a.status == 200) > 100
+
+
+def _accept_queue(port: int) -> int:
+    """Connections waiting in the listening socket's accept queue (/proc/net/tcp's rx_queue)."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A":
+            return int(fields[4].split(":")[1], 16)
+    raise AssertionError(f"nothing listens on port {port}")
+
+
+def test_a_connection_handed_to_a_process_that_dies_before_taking_it_goes_to_another(replica2: rp.Proc) -> None:
+    """A process that stops reading its control socket and then dies: the connections handed to
+    it meanwhile were never its (the supervisor kept them until it said it took them), so the
+    other process answers them instead of their being reset."""
+    victim = _pids(replica2)[1]
+    assert victim is not None
+    os.kill(victim, signal.SIGSTOP)
+    count = 4  # least-connections with every one held open: the stopped process gets some
+    conns = [http.client.HTTPConnection(rp.HOST, replica2.port, timeout=60) for _ in range(count)]
+    statuses: list[int | str | None] = [None] * count
+    try:
+        for conn in conns:
+            conn.request("POST", contract.ROUTE_INVOCATIONS, body=BODY, headers={"Content-Type": "application/json"})
+
+        def answer(i: int) -> None:
+            try:
+                response = conns[i].getresponse()
+                response.read()
+                statuses[i] = response.status
+            except OSError as exc:
+                statuses[i] = repr(exc)
+
+        readers = [threading.Thread(target=answer, args=(i,)) for i in range(count)]
+        for t in readers:
+            t.start()
+        # Every connection accepted, so handed to one process or the other.
+        wait_until(lambda: _accept_queue(replica2.port) == 0, 30, "the supervisor to accept every connection")
+        wait_until(lambda: sum(s is not None for s in statuses) >= 1, 30, "the live process to answer")
+        os.kill(victim, signal.SIGKILL)
+        for t in readers:
+            t.join(60)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(victim, signal.SIGKILL)
+        for conn in conns:
+            conn.close()
+    assert statuses == [200] * count, statuses
+    handed_on = [json.loads(line) for line in replica2.log_path.read_text().splitlines()
+                 if "had not taken handed on" in line]
+    assert handed_on and handed_on[0]["connections"] >= 1, handed_on
+    wait_until(lambda: _pids(replica2)[1] not in (None, victim) and _all_serving(replica2), 60, "the replacement")
 
 
 def test_the_workers_never_outlive_the_supervisor(tracking: rp.Proc, trained: dict[str, object],
