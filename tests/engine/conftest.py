@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from stackconfig.names import LABEL_ROLE
+from stackconfig.names import LABEL_ROLE, LABEL_STACK
 
 STACK = "enginetest"
 
@@ -90,4 +90,24 @@ def running(engine: Any) -> Iterator[Running]:
             yield stack
         finally:
             if not keep:
+                _remove_left_behind(stack)
                 stack.stack.down(purge=True, remove_images=True)
+
+
+def _remove_left_behind(stack: Running) -> None:
+    """Containers of the app images outside the stack (the tests run the trainer by hand), were
+    one left behind (a run interrupted, a builder's intermediate container): they would keep
+    `down` from removing the images. Named in the output, so that a leak shows."""
+    from docker.errors import NotFound
+
+    from mockrun import run_program
+
+    for image in run_program(STACK, stack.config).images():
+        try:
+            found = stack.engine.containers.list(all=True, filters={"ancestor": str(image.inputs["imageName"])})
+        except NotFound:
+            continue
+        for c in found:
+            if (c.labels or {}).get(LABEL_STACK) != STACK:
+                print(f"removing {c.name} ({c.status}, {c.attrs['Config'].get('Cmd')}): left behind", flush=True)
+                c.remove(force=True)

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from app import contract
+from enginestack.build import build_image
 from procstack.loadgen import Load, LoadRun
 from stackconfig.names import LABEL_ROLE, ONE_SHOT_ROLES, ROLE_BALANCER, ROLE_MLFLOW, ROLE_REPLICA, ROLES
 from tests.engine.conftest import STACK, Running
@@ -241,9 +242,12 @@ def test_an_image_change_rolls_the_replicas_one_at_a_time(running: Running) -> N
 
     declared, built = running.stack.declare(running.config)
     replica_tag = next(name for name in built if "replica" in name)
-    # The same build with one more label: another image ID, what a code change gives.
-    image, _ = running.engine.images.build(path=str(Path(__file__).parent), dockerfile="rebuild.Dockerfile",
-                                           buildargs={"BASE": built[replica_tag].image_id}, tag=f"{replica_tag}-rebuilt", rm=True)
+    # The same build with one more label: another image ID, what a code change gives. Built
+    # with BuildKit as the app images are: the classic builder would leave an intermediate
+    # container of the replica image behind whenever removing it fails.
+    rebuilt = build_image(running.engine, context=Path(__file__).parent, dockerfile="rebuild.Dockerfile",
+                          tag=f"{replica_tag}-rebuilt", args={"BASE": replica_tag}, log=lambda line: None)
+    image = running.engine.images.get(rebuilt.image_id)
     ids = {name: b.image_id for name, b in built.items()} | {replica_tag: image.id}
     before = {c.name: c.id for c in running.containers(ROLE_REPLICA)}
     changed = run_program(STACK, running.config, image_ids=ids)
