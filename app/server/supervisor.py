@@ -8,8 +8,9 @@ One process, the container's first, runs no model and serves no request itself. 
   the fewest open connections (the descriptor goes over the worker's control socket). A
   shared listening socket would let the kernel decide, and a burst of connects (nginx
   opening its keep-alive pool, a load generator) then often lands on one process. It keeps
-  its copy until the worker says it took the connection: one handed to a worker that dies
-  first (a SIGKILL's exit takes milliseconds) goes to another worker instead of being reset;
+  a descriptor of each worker's end of that socket too, unread while the worker lives: the
+  connections still queued there when a worker dies (a SIGKILLed process takes milliseconds
+  to exit) were never its, and go to another worker instead of being reset;
 - follows the alias for all of them: it polls (through a worker, which has the MLflow
   client), has every ready worker load a new version, and when all have it, moves the
   version that serves with one store on the board (board.py), so each process answers
@@ -28,7 +29,6 @@ process with other threads can inherit a lock held by one of them.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import ctypes
 import gc
@@ -101,15 +101,14 @@ class Worker:
     index: int
     pid: int
     sock: socket.socket
+    # The worker's end of the control socket, held so that what is queued for it outlives it
+    # (read only after it has exited: _exited).
+    inbox: socket.socket
     pidfd: int
     started_at: float
     ready: bool = False
     sock_open: bool = True
     assigned: int = 0  # connections handed over (open = assigned - the board's closed count)
-    # Our copies of connections handed over and not yet confirmed taken (worker.TOOK), oldest
-    # first, and how many the worker has confirmed.
-    handed: collections.deque[socket.socket] = field(default_factory=collections.deque)
-    took: int = 0
     loaded: dict[str, set[int]] = field(default_factory=dict)
 
 
@@ -379,9 +378,8 @@ class Supervisor:
                 with contextlib.suppress(Exception):
                     logging.shutdown()
                 os._exit(code)
-        child.close()
         parent.setblocking(False)
-        w = Worker(index, pid, parent, os.pidfd_open(pid), time.monotonic(),
+        w = Worker(index, pid, parent, child, os.pidfd_open(pid), time.monotonic(),
                    loaded={name: set() for name in self.tracks})
         self.workers[index] = w
         self.board.reset_slot(index, pid)
@@ -408,13 +406,10 @@ class Supervisor:
                 s.close()
         for w in self.workers.values():
             w.sock.close()
+            w.inbox.close()
             os.close(w.pidfd)
-            for conn in w.handed:
-                conn.close()
 
     def _exited(self, w: Worker) -> None:
-        if w.sock_open:
-            self._from_worker(w)  # what it confirmed before it died, still queued
         self.sel.unregister(w.pidfd)
         if w.sock_open:
             self.sel.unregister(w.sock)
@@ -423,17 +418,7 @@ class Supervisor:
         _, status = os.waitpid(w.pid, 0)
         code = os.waitstatus_to_exitcode(status)
         del self.workers[w.index]
-        # Handed to it and never taken (it died first): the client's request is still unread
-        # in the connection, so another worker can serve it.
-        unclaimed, w.handed = w.handed, collections.deque()
-        for conn in unclaimed:
-            if self.draining:
-                conn.close()
-            else:
-                self._dispatch(conn)
-        if unclaimed:
-            log.warning("connections the exited process had not taken handed on",
-                        extra={"worker": w.index, "connections": len(unclaimed), "draining": self.draining})
+        self._hand_on_unread(w)
         slot = self.board.slot(w.index)
         self.served_before += slot["served"]
         self.pending_left += slot["pending"]
@@ -468,6 +453,35 @@ class Supervisor:
         self._write_doc()
         self.later(delay, lambda: self._respawn(w.index))
 
+    def _hand_on_unread(self, w: Worker) -> None:
+        """The connections handed to an exited worker that it never received: their requests are
+        still unread, so another worker serves them (or, when draining, they close)."""
+        from app.server.worker import CONNECTION, MAX_MESSAGE
+
+        unread = 0
+        while True:
+            try:
+                # MSG_DONTWAIT: the descriptor shares its blocking mode with the worker's copy.
+                data, fds, _, _ = socket.recv_fds(w.inbox, MAX_MESSAGE, 64, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                log.warning("control socket of an exited process unreadable", extra={"error": repr(exc)})
+                break
+            if not data and not fds:
+                break
+            for fd in fds:
+                conn = socket.socket(fileno=fd)
+                if data == CONNECTION and not self.draining:
+                    unread += 1
+                    self._dispatch(conn)
+                else:
+                    conn.close()
+        w.inbox.close()
+        if unread:
+            log.warning("connections the exited process never received handed to another",
+                        extra={"worker": w.index, "connections": unread})
+
     def _respawn(self, index: int) -> None:
         try:
             self._spawn(index)
@@ -497,7 +511,8 @@ class Supervisor:
             except OSError:
                 data = b""
             if not data:
-                # Its end closed: it is exiting; the pidfd tells when it is gone.
+                # Unreadable (we hold its end, so no end-of-file comes while it lives): take
+                # it as exiting; the pidfd tells when it is gone.
                 self.sel.unregister(w.sock)
                 w.sock_open = False
                 w.ready = False
@@ -509,8 +524,6 @@ class Supervisor:
                 log.exception("worker message failed", extra={"worker": w.index})
 
     def _message(self, w: Worker, msg: dict[str, Any]) -> None:
-        from app.server.worker import TOOK
-
         op = msg.get("op")
         if op == "ready":
             w.ready = True
@@ -525,11 +538,6 @@ class Supervisor:
                     self._poll(track)
                 self._check_round(track)
             self._write_doc()
-        elif op == TOOK:
-            taken = int(msg["total"]) - w.took
-            w.took += taken
-            for _ in range(min(taken, len(w.handed))):
-                w.handed.popleft().close()
         elif op == "loaded":
             self._loaded(w, self.tracks[msg["track"]], int(msg["gen"]), msg)
         elif op == "resolved":
@@ -565,10 +573,9 @@ class Supervisor:
                 except OSError:
                     continue
                 w.assigned += 1
-                w.handed.append(conn)  # ours until the worker says it took it
-                return
-        # With no worker to take it, the client sees it closed at once (nginx then tries
-        # another replica) instead of waiting in the backlog.
+                break
+        # Ours is closed either way; with no worker to take it, the client sees it closed at
+        # once (nginx then tries another replica) instead of waiting in the backlog.
         conn.close()
 
     # -- following the alias -------------------------------------------------------------------

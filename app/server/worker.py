@@ -64,10 +64,6 @@ log = logging.getLogger("app.server.worker")
 HEALTH_DOC = "health.json"
 METRICS_DIR = "metrics"
 CONNECTION = b"C"
-# The worker's answer to handed-over connections: {"op": TOOK, "total": connections received so
-# far}. Until it arrives the supervisor keeps its copy of each, so one handed to a worker that
-# dies before taking it goes to another worker instead of being reset (supervisor.py).
-TOOK = "took"
 MAX_MESSAGE = 1 << 16
 
 
@@ -218,7 +214,6 @@ class Link:
         self._started = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._protocol: Any = None
-        self._took = 0  # connections received over the control socket, for TOOK
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-loader")
         self._registry = ThreadPoolExecutor(max_workers=1, thread_name_prefix="registry")
         self._client: Any = None
@@ -252,16 +247,6 @@ class Link:
 
     # -- messages ---------------------------------------------------------------------------
     def _readable(self) -> None:
-        took = self._took
-        try:
-            self._read_messages()
-        finally:
-            # One answer for the batch, before the loop reads any request from them: a
-            # connection is the supervisor's to hand on again until then.
-            if self._took != took:
-                self.send({"op": TOOK, "total": self._took})
-
-    def _read_messages(self) -> None:
         while True:
             try:
                 data, fds, _, _ = socket.recv_fds(self.sock, MAX_MESSAGE, 64)
@@ -273,7 +258,6 @@ class Link:
                 self._supervisor_gone()
                 return
             if data == CONNECTION:
-                self._took += len(fds)
                 for fd in fds:
                     self._connection(fd)
                 continue

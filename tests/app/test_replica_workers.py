@@ -172,8 +172,8 @@ def _accept_queue(port: int) -> int:
 
 def test_a_connection_handed_to_a_process_that_dies_before_taking_it_goes_to_another(replica2: rp.Proc) -> None:
     """A process that stops reading its control socket and then dies: the connections handed to
-    it meanwhile were never its (the supervisor kept them until it said it took them), so the
-    other process answers them instead of their being reset."""
+    it meanwhile were never its (still queued on its control socket, whose end the supervisor
+    holds too), so the other process answers them instead of their being reset."""
     victim = _pids(replica2)[1]
     assert victim is not None
     os.kill(victim, signal.SIGSTOP)
@@ -208,7 +208,7 @@ def test_a_connection_handed_to_a_process_that_dies_before_taking_it_goes_to_ano
             conn.close()
     assert statuses == [200] * count, statuses
     handed_on = [json.loads(line) for line in replica2.log_path.read_text().splitlines()
-                 if "had not taken handed on" in line]
+                 if "never received handed to another" in line]
     assert handed_on and handed_on[0]["connections"] >= 1, handed_on
     wait_until(lambda: _pids(replica2)[1] not in (None, victim) and _all_serving(replica2), 60, "the replacement")
 
