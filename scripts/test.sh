@@ -39,4 +39,5 @@ engine_started=$(bash scripts/engine.sh start | sed -n 's/^started //p')
 if [ -n "$engine_started" ]; then
   trap 'bash scripts/engine.sh stop "$engine_started"' EXIT
 fi
-python -m pytest "$@"
+# The slowest tests in every log: the whole run has a time budget (README, "Time and disk in CI").
+python -m pytest --durations=25 "$@"
