@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -57,6 +58,39 @@ def test_server_never_imports_torch() -> None:
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, timeout=120).returncode == 0
 
 
+# -- the loader's check of the model's environment ------------------------------------------
+
+def test_environment_check_finds_what_mlflows_own_check_finds(tmp_path: Path) -> None:
+    """load() turns MLflow's requirement warnings off for their cost (a map of every installed
+    distribution per process) and runs its own check: it must flag the same requirements."""
+    import mlflow.version
+    from mlflow.utils.requirements_utils import _check_requirement_satisfied
+
+    requirements = [f"numpy=={np.__version__}", "scikit-learn==0.20.0", "mlserve-surely-not-installed==1.0",
+                    f"mlflow=={mlflow.version.VERSION}", "mlflow<1", "pytest; python_version < '3'",
+                    "./wheels/local-0.1-py3-none-any.whl", "pandas>=1"]
+    (tmp_path / "requirements.txt").write_text("\n".join(["# pinned at training", "-r more.txt", "", *requirements]))
+    running = platform.python_version()
+    ours = model_mod.environment_mismatches(str(tmp_path), running)
+    theirs = [r for r in requirements if _check_requirement_satisfied(r) is not None]
+    assert theirs == ["scikit-learn==0.20.0", "mlserve-surely-not-installed==1.0", "mlflow<1"]
+    assert [m.split(" (")[0] for m in ours] == theirs
+    assert ours[1] == "mlserve-surely-not-installed==1.0 (not installed)"
+    assert model_mod.environment_mismatches(str(tmp_path / "none"), running) == []
+
+
+def test_environment_check_names_another_python(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    major, minor, _ = platform.python_version_tuple()
+    other = f"{major}.{int(minor) + 1}.0"
+    assert model_mod.environment_mismatches(str(tmp_path), f"{major}.{minor}.99") == []
+    assert model_mod.environment_mismatches(str(tmp_path), other) == [f"python {other} (running: {platform.python_version()})"]
+    with caplog.at_level(logging.WARNING, logger="app.server.model"):
+        model_mod.warn_environment_mismatches("m", "3", str(tmp_path), other)
+    (record,) = caplog.records
+    assert record.__dict__["mismatches"] == [f"python {other} (running: {platform.python_version()})"]
+    assert record.__dict__["version"] == "3"
+
+
 # -- the model loader attaches a kernel only where it agrees ----------------------------------
 
 
@@ -68,8 +102,10 @@ def _saved(tmp_path: Path, est: Any, x: np.ndarray = IRIS_X, **kwargs: Any) -> m
 
     frame = pd.DataFrame(x, columns=[f"c{i}" for i in range(x.shape[1])])
     path = tmp_path / "model"
+    # Requirements given, not inferred: inference loads the model again in a subprocess, seconds
+    # per model, and nothing here reads them.
     mlflow.sklearn.save_model(est, str(path), signature=infer_signature(frame, est.predict(frame.to_numpy())),
-                              input_example=frame.head(5), **kwargs)
+                              input_example=frame.head(5), pip_requirements=["scikit-learn"], **kwargs)
     pyfunc = mlflow.pyfunc.load_model(str(path))
     return model_mod.LoadedModel(name="m", version="1", alias="a", uri="models:/m/1", device="cpu",
                                  flavor="sklearn", pyfunc=pyfunc, input_schema=pyfunc.metadata.get_input_schema(),
