@@ -149,7 +149,13 @@ def train_and_register(args: argparse.Namespace, client: Any) -> tuple[str, bool
         mlflow.log_params(params)
         mlflow.log_metric("train_accuracy", float(model.score(X, y)))
         mlflow.set_tag(FINGERPRINT_TAG, fp)
-        info = mlflow.sklearn.log_model(model, name="model", signature=signature, input_example=X.head(3))
+        # The flavour's own requirements (scikit-learn and skops, pinned to what runs here; MLflow
+        # adds itself) instead of MLflow's inference, which loads the model again in a subprocess
+        # (seconds per version) and lists what the trainer's environment happened to import
+        # (in this repository's venv: pytest and psutil), not what the model needs.
+        requirements = mlflow.sklearn.get_default_pip_requirements(include_skops=True)
+        info = mlflow.sklearn.log_model(model, name="model", signature=signature, input_example=X.head(3),
+                                        pip_requirements=requirements)
         mv = mlflow.register_model(info.model_uri, args.model_name, tags={FINGERPRINT_TAG: fp})
     return str(mv.version), True
 

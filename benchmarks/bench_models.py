@@ -45,7 +45,10 @@ def register(tracking_uri: str, name: str, alias: str, kind: str) -> str:
     with mlflow.start_run():
         # MLflow's skops format refuses tree structures unless named as trusted; this one we made.
         trusted = {"skops_trusted_types": ["sklearn.tree._tree.Tree"]} if kind == "forest" else {}
-        info = mlflow.sklearn.log_model(model, name="model", signature=signature, input_example=x.head(3), **trusted)
+        # As app/trainer.py: the flavour's requirements, not MLflow's slow inference of them.
+        info = mlflow.sklearn.log_model(model, name="model", signature=signature, input_example=x.head(3),
+                                        pip_requirements=mlflow.sklearn.get_default_pip_requirements(include_skops=True),
+                                        **trusted)
         version = str(mlflow.register_model(info.model_uri, name).version)
     MlflowClient(tracking_uri=tracking_uri).set_registered_model_alias(name, alias, version)
     return version
