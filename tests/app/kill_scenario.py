@@ -61,11 +61,12 @@ STOP = threading.Event()
 GO = threading.Event()  # cleared while a killed replica starts again
 
 
-def start_replica(tracking_url: str, address: str, workdir: Path, generation: int, workers: int = 1) -> rp.Proc:
+def start_replica(tracking_url: str, address: str, workdir: Path, generation: int, workers: int = 1,
+                  module: str = contract.REPLICA_MODULE) -> rp.Proc:
     env = rp.replica_env(tracking_url, MODEL, ALIAS, contract.REPLICA_PORT,
                          **{contract.ENV_BIND_HOST: address, contract.ENV_INSTANCE_ID: address,
                             contract.ENV_POLL_INTERVAL_S: "30", contract.ENV_WORKERS: str(workers)})
-    return rp.Proc(f"replica-{address}", [rp.PY, "-m", contract.REPLICA_MODULE], env,
+    return rp.Proc(f"replica-{address}", [rp.PY, "-m", module], env,
                    workdir / f"replica-{address}-{generation}.log", port=contract.REPLICA_PORT).start()
 
 
@@ -148,10 +149,12 @@ class Load:
 
 
 def main(workdir: Path, kills: int, threads: int, max_seconds: float, workers: int = 1,
-         target: str = "replica") -> dict[str, Any]:
+         target: str = "replica", module: str = contract.REPLICA_MODULE) -> dict[str, Any]:
     """`target`: what is SIGKILLed - the replica's process (with several serving processes, the
     supervisor: its workers must go with it), or one serving process of a replica of several
-    (`worker`: the replica must stay ready and replace it while the load goes on)."""
+    (`worker`: the replica must stay ready and replace it while the load goes on).
+    `module`: what runs as a replica (another one shows that the scenario catches what it is
+    about: benchmarks.replica_two_writes, the protocol before one write per response)."""
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / STATUS_DIR).mkdir(exist_ok=True)
     (workdir / "nginx.conf").write_text(render(parse("dev", SCENARIO_CONFIG)))
@@ -171,7 +174,7 @@ def main(workdir: Path, kills: int, threads: int, max_seconds: float, workers: i
         rp.train(tracking.url, MODEL, ALIAS)
         generation = 0
         for address in REPLICAS:
-            procs[address] = start_replica(tracking.url, address, workdir, generation, workers)
+            procs[address] = start_replica(tracking.url, address, workdir, generation, workers, module)
             started.append(procs[address])
         dns = serve_dns(Table({weight_alias(1): list(REPLICAS)}))
         nginx = subprocess.Popen(nginx_command(workdir), stdout=nginx_log, stderr=subprocess.STDOUT)
@@ -219,7 +222,7 @@ def main(workdir: Path, kills: int, threads: int, max_seconds: float, workers: i
             GO.clear()
             proc.stop()
             generation += 1
-            procs[victim] = start_replica(tracking.url, victim, workdir, generation, workers)
+            procs[victim] = start_replica(tracking.url, victim, workdir, generation, workers, module)
             started.append(procs[victim])
             wait_until(lambda v=victim: _ready(v), READY_DEADLINE_S, f"{victim} ready again after kill {k + 1}", procs[victim])
             GO.set()
@@ -265,7 +268,11 @@ if __name__ == "__main__":
     ap.add_argument("--workers", type=int, default=1, help="serving processes per replica (MLSERVE_WORKERS)")
     ap.add_argument("--target", choices=("replica", "worker"), default="replica",
                     help="SIGKILL the replica's process, or one serving process of a replica of several")
+    ap.add_argument("--replica-module", default=contract.REPLICA_MODULE,
+                    help="what runs as a replica (python -m): benchmarks.replica_two_writes is the protocol "
+                         "before one write per response, which this scenario must catch")
     args = ap.parse_args()
-    print(json.dumps(main(args.workdir, args.kills, args.threads, args.max_seconds, args.workers, args.target)))
+    print(json.dumps(main(args.workdir, args.kills, args.threads, args.max_seconds, args.workers, args.target,
+                          args.replica_module)))
     sys.stdout.flush()
     os._exit(0)  # the DNS stand-in's daemon threads need not be joined
