@@ -12,7 +12,7 @@ from types import FrameType
 import uvicorn
 
 from app.server import config as config_mod
-from app.server import logs
+from app.server import logs, model
 from app.server.asgi import ReplicaApp
 from app.server.manager import bound_mlflow_client
 from app.server.protocol import OneWriteHttpToolsProtocol
@@ -59,6 +59,7 @@ def main() -> int:
         return 2
     bound_mlflow_client()
     logs.setup(cfg.instance_id, cfg.log_level)
+    model.import_model_libraries()  # first: before anything imports MLflow
     if cfg.workers != 1:
         # Several serving processes under a supervisor (supervisor.py): each runs make_server's.
         from app.server import supervisor
