@@ -377,8 +377,9 @@ def load(name: str, version: str, alias: str, requested_device: str, predict_ker
         device = resolve_device(requested_device, flavors, _torch_cuda_available)
         config = {"device": device} if "pytorch" in flavors else None
         # MLflow's own check of the model's requirements maps every installed distribution to
-        # its modules first: 0.4 s on a quiet core, three quarters of a forked serving
-        # process's first load. environment_mismatches reads only the distributions named.
+        # its modules first: 0.7-0.8 s on a quiet core, as long again as the rest of a forked
+        # serving process's first load (0.55-0.75 s). environment_mismatches reads only the
+        # distributions the model names.
         pyfunc = mlflow.pyfunc.load_model(local, model_config=config, suppress_warnings=True)
         warn_environment_mismatches(name, version, local, meta.flavors.get("python_function", {}).get("python_version"))
         flavor = next((f for f in flavors if f != "python_function"), "python_function")
