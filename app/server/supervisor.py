@@ -180,6 +180,9 @@ def _die_with_parent() -> None:
 
 def preload() -> None:
     """Import what every worker imports, before the first fork (see the module docstring)."""
+    from app.server import model
+
+    model.import_model_libraries()  # first: before MLflow (see there)
     import mlflow.pyfunc  # noqa: F401
     import mlflow.pyfunc.scoring_server  # noqa: F401
     import mlflow.sklearn  # noqa: F401
@@ -196,7 +199,6 @@ def preload() -> None:
     # Loading a scikit-learn model in MLflow's format (skops) imports every estimator module
     # of scikit-learn (its list of trusted types): ~20 MiB more per worker when left to each.
     with contextlib.suppress(ImportError):
-        importlib.import_module("skops.io")
         from sklearn.utils.discovery import all_estimators
 
         all_estimators()
