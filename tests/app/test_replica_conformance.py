@@ -213,23 +213,36 @@ def test_large_body_under_limit_matches(replica: Any, mlflow_serve: Any, max_bod
 
 def test_concurrent_mix_is_batched_and_bad_requests_disturb_nobody(replica: Any, mlflow_serve: Any) -> None:
     """Good and bad requests in flight together: each gets exactly MLflow's answer, so no bad
-    request spoils the micro-batch it lands next to, and batching keeps rows in order."""
+    request spoils the micro-batch it lands next to, and batching keeps rows in order.
+
+    Requests merge only when one queues while its process's model thread is busy: a matter of
+    timing between the client's threads and the replica's processes (a CI run on a slow host
+    saw a whole burst of 140 fast requests scored one by one with two processes). So the burst
+    is sent again, a bounded number of times, until one of them was merged; every burst's
+    answers are checked."""
     cases = [GOOD[k] for k in sorted(GOOD)] + [BAD[k] for k in sorted(BAD)]
     single = [(JSON, j({"dataframe_split": {"columns": COLS, "data": [[4 + i / 50, 3, 1 + i / 20, i / 40]]}}))
               for i in range(60)]
     requests = (cases + single) * 2
     expected = [_post(mlflow_serve.url, ct, body) for ct, body in cases + single]
     expected = expected * 2
-    before = _batch_requests_sum(replica.url)
-    with concurrent.futures.ThreadPoolExecutor(16) as pool:
-        got = list(pool.map(lambda cb: _post(replica.url, *cb), requests))
-    for g, e in zip(got, expected, strict=True):
-        _compare(g, e)
-    after = _batch_requests_sum(replica.url)
-    assert after[1] > before[1]  # model calls happened
-    # Fewer model calls than fast requests: some were merged.
-    fast_requests = after[0] - before[0]
-    assert fast_requests > after[1] - before[1], (before, after)
+    bursts: list[tuple[float, float]] = []  # per burst: fast requests, model calls
+    for _ in range(MIXED_BURSTS):
+        before = _batch_requests_sum(replica.url)
+        with concurrent.futures.ThreadPoolExecutor(32) as pool:
+            got = list(pool.map(lambda cb: _post(replica.url, *cb), requests))
+        for g, e in zip(got, expected, strict=True):
+            _compare(g, e)
+        after = _batch_requests_sum(replica.url)
+        bursts.append((after[0] - before[0], after[1] - before[1]))
+        assert bursts[-1][1] > 0  # model calls happened
+        # Fewer model calls than fast requests: some were merged.
+        if bursts[-1][0] > bursts[-1][1]:
+            break
+    assert bursts[-1][0] > bursts[-1][1], f"no burst was merged (fast requests, model calls): {bursts}"
+
+
+MIXED_BURSTS = 5
 
 
 def _batch_requests_sum(base: str) -> tuple[float, float]:
