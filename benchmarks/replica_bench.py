@@ -14,7 +14,10 @@ One run:
   4. prints req/s, p50, p99, RSS, non-2xx counts and the ratios ours/theirs and
      ours/ceiling. The ceiling is the constant answer on the replica's own stack (bare
      ASGI); the same constant answer on Starlette is printed as a reference (the stack
-     the issue's reference figures were measured on), never used as the ceiling;
+     the issue's reference figures were measured on), never used as the ceiling. The
+     replica answers invocations without uvicorn's ASGI cycle (app/server/protocol.py),
+     so the constant answer taken that way (ceiling-direct) is measured too: the most
+     that path can serve;
   5. the same for the models of `--models` (benchmarks/bench_models.py: a
      Pipeline(StandardScaler, LogisticRegression), predicted by a kernel, and a
      RandomForestClassifier, predicted by the estimator), each served by
@@ -26,6 +29,9 @@ One run:
     .venv/bin/python benchmarks/replica_bench.py --connections 32 --only ours,ceiling
     # the replica against itself on uvicorn's own protocol (head and body in two writes):
     .venv/bin/python benchmarks/replica_bench.py --only ours,ours-2w
+    # the replica against itself with invocations on uvicorn's ASGI cycle, and the constant
+    # answer on the replica's direct path (ceiling-direct):
+    .venv/bin/python benchmarks/replica_bench.py --only ours,ours-asgi,ceiling,ceiling-direct
 
 Needs `wrk` and `taskset` and at least two cores. All traffic goes to 127.0.0.1; every
 process it starts is stopped in `finally`.
@@ -96,10 +102,11 @@ def main() -> int:
     ap.add_argument("--max-batch-size", default="32", help="the stack default (maxBatchSize)")
     ap.add_argument("--max-batch-wait-ms", default="2", help="the stack default (maxBatchWaitMs)")
     ap.add_argument("--json", help="also write the figures to this file")
-    ap.add_argument("--only", help="comma-separated subset of mlflow,ours,ours-est,ours-2w,ceiling,starlette-const "
-                                   "to measure (quicker iterations; ratios are printed for the pairs measured). "
-                                   "ours-2w, the replica on uvicorn's own protocol (head and body in two writes), "
-                                   "runs only when named here")
+    ap.add_argument("--only", help="comma-separated subset of mlflow,ours,ours-est,ours-2w,ours-asgi,ceiling,"
+                                   "ceiling-direct,starlette-const to measure (quicker iterations; ratios are "
+                                   "printed for the pairs measured). ours-2w, the replica on uvicorn's own protocol "
+                                   "(head and body in two writes), and ours-asgi, the replica with invocations on "
+                                   "uvicorn's ASGI cycle, run only when named here")
     ap.add_argument("--starlette", action=argparse.BooleanOptionalAction, default=True,
                     help="also measure the constant answer on Starlette (reference only)")
     ap.add_argument("--models", default=",".join(bench_models.KINDS),
@@ -111,7 +118,7 @@ def main() -> int:
         print(f"--models: unknown {sorted(set(extra) - set(bench_models.KINDS))}", file=sys.stderr)
         return 2
     wanted = set(args.only.split(",")) if args.only else set()
-    known = {"mlflow", "ours", "ours-est", "ours-2w", "ceiling", "starlette-const",
+    known = {"mlflow", "ours", "ours-est", "ours-2w", "ours-asgi", "ceiling", "ceiling-direct", "starlette-const",
              *(f"{side}-{m}" for m in bench_models.KINDS for side in ("mlflow", "ours"))}
     if wanted - known:
         print(f"--only: unknown {sorted(wanted - known)}", file=sys.stderr)
@@ -152,10 +159,10 @@ def main() -> int:
         def ours(kernels: str = "true") -> rp.Proc:
             return rp.start_replica(tracking.url, MODEL, ALIAS, tmp, cpus=SERVER_CPU, **knobs(kernels))
 
-        def two_writes() -> rp.Proc:
+        def variant(module: str) -> rp.Proc:
             port = rp.free_port()
-            p = rp.Proc("replica-2w", ["taskset", "-c", SERVER_CPU, rp.PY, "-m", "benchmarks.replica_two_writes"],
-                        rp.replica_env(tracking.url, MODEL, ALIAS, port, **knobs()), tmp / f"replica-2w-{port}.log",
+            p = rp.Proc(module, ["taskset", "-c", SERVER_CPU, rp.PY, "-m", f"benchmarks.{module}"],
+                        rp.replica_env(tracking.url, MODEL, ALIAS, port, **knobs()), tmp / f"{module}-{port}.log",
                         port=port).start()
             try:
                 p.wait_http(contract.ROUTE_READY, 120)
@@ -176,9 +183,12 @@ def main() -> int:
             return p
 
         servers: dict[str, rp.Proc] = {}
-        factories = [("mlflow", theirs), ("ours", ours), ("ours-est", lambda: ours("false")), ("ceiling", ceiling)]
+        factories = [("mlflow", theirs), ("ours", ours), ("ours-est", lambda: ours("false")), ("ceiling", ceiling),
+                     ("ceiling-direct", lambda: ceiling("direct"))]
         if "ours-2w" in wanted:
-            factories.insert(2, ("ours-2w", two_writes))
+            factories.insert(2, ("ours-2w", lambda: variant("replica_two_writes")))
+        if "ours-asgi" in wanted:
+            factories.insert(2, ("ours-asgi", lambda: variant("replica_asgi_path")))
         if args.starlette:
             factories.append(("starlette-const", lambda: ceiling("starlette")))
         for kind in extra:
@@ -262,6 +272,17 @@ def main() -> int:
                 parts.append(f"/ceiling req/s {_span(est_ceil, '.2f')}")
                 ratios["est_rps_vs_ceiling"] = statistics.median(est_ceil)
             print("        ours-est (kernel off) " + "   ".join(parts))
+        d_rs = runs.get("ceiling-direct", {}).get(c)
+        if o_rs and d_rs:
+            direct = _per_round(o_rs, d_rs, "rps")
+            print(f"        ours / constant answer on the replica's direct path (ceiling-direct) req/s {_span(direct, '.2f')}")
+            ratios["rps_vs_ceiling_direct"] = statistics.median(direct)
+        a_rs = runs.get("ours-asgi", {}).get(c)
+        if o_rs and a_rs:
+            no_asgi = _per_round(o_rs, a_rs, "rps")
+            print(f"        ours (invocations without ASGI) / ours-asgi (on uvicorn's ASGI cycle) req/s {_span(no_asgi, '.2f')}"
+                  f"   p99 {_span(_per_round(o_rs, a_rs, 'p99'), '.3f')}")
+            ratios["rps_vs_asgi_path"] = statistics.median(no_asgi)
         w_rs = runs.get("ours-2w", {}).get(c)
         if o_rs and w_rs:
             one_write = _per_round(o_rs, w_rs, "rps")

@@ -3,7 +3,10 @@ httptools and uvloop, one worker, the replica's one-write protocol). It reads th
 answers what a one-row prediction looks like, with the same kind of headers, and does no
 other work.
 
-Run by replica_bench.py as `python -m benchmarks.replica_const_app PORT`.
+Run by replica_bench.py as `python -m benchmarks.replica_const_app PORT [asgi|direct|starlette]`.
+`direct`: the same answer taken the way the replica takes an invocation since it skips
+uvicorn's ASGI cycle (app/server/protocol.py's ReplicaHttpProtocol): the most a replica on
+that path can serve. `asgi` (the default) is the ceiling the issue set its target against.
 """
 
 from __future__ import annotations
@@ -35,6 +38,20 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": ANSWER})
 
 
+class DirectConstApp:
+    """The constant answer through ReplicaHttpProtocol's direct path (`direct_request`,
+    `invoke_direct`, as ReplicaApp offers them), ASGI for everything else."""
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await app(scope, receive, send)
+
+    def direct_request(self, headers: list[tuple[bytes, bytes]]) -> tuple[()]:
+        return ()
+
+    def invoke_direct(self, request: tuple[()], body: bytes, respond: Any) -> None:
+        respond(200, HEADERS, ANSWER)
+
+
 def starlette_app() -> Any:
     """The same constant answer through Starlette's routing and Request/Response objects: the
     framework the issue's reference figures were taken on, printed for comparison only."""
@@ -56,11 +73,13 @@ def starlette_app() -> Any:
 if __name__ == "__main__":
     import uvicorn
 
-    from app.server.protocol import OneWriteHttpToolsProtocol
+    from app.server.protocol import OneWriteHttpToolsProtocol, ReplicaHttpProtocol
 
-    starlette = len(sys.argv) > 2 and sys.argv[2] == "starlette"
-    target = starlette_app() if starlette else app
-    # The ceiling runs on the replica's own HTTP protocol; the Starlette reference on uvicorn's.
-    uvicorn.run(target, host="127.0.0.1", port=int(sys.argv[1]), loop="uvloop",
-                http="httptools" if starlette else OneWriteHttpToolsProtocol,
+    variant = sys.argv[2] if len(sys.argv) > 2 else "asgi"
+    target: Any = {"asgi": app, "direct": DirectConstApp(), "starlette": starlette_app}[variant]
+    if variant == "starlette":
+        target = target()
+    # The ceilings run on the replica's own HTTP protocol; the Starlette reference on uvicorn's.
+    protocol: Any = {"asgi": OneWriteHttpToolsProtocol, "direct": ReplicaHttpProtocol, "starlette": "httptools"}[variant]
+    uvicorn.run(target, host="127.0.0.1", port=int(sys.argv[1]), loop="uvloop", http=protocol,
                 access_log=False, server_header=False, proxy_headers=False, date_header=False, lifespan="on", log_level="warning")

@@ -15,7 +15,7 @@ from app.server import config as config_mod
 from app.server import logs, model
 from app.server.asgi import ReplicaApp
 from app.server.manager import bound_mlflow_client
-from app.server.protocol import OneWriteHttpToolsProtocol
+from app.server.protocol import ReplicaHttpProtocol
 
 log = logging.getLogger("app.server")
 
@@ -86,8 +86,9 @@ def server_config(cfg: config_mod.Config, replica: ReplicaApp) -> uvicorn.Config
         host=cfg.bind_host,
         port=cfg.port,
         loop="uvloop",
-        # httptools, with each response's head and body in one write (protocol.py).
-        http=OneWriteHttpToolsProtocol,
+        # httptools, with each response's head and body in one write, and invocations
+        # answered without an ASGI cycle (protocol.py).
+        http=ReplicaHttpProtocol,
         lifespan="on",
         workers=1,
         access_log=False,

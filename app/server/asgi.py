@@ -21,9 +21,11 @@ import os
 import random
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import orjson
+from uvicorn.protocols.http.httptools_impl import HEADER_VALUE_RE
 
 from app import contract
 from app.server import logs
@@ -169,16 +171,15 @@ class ReplicaApp:
                     await send({"type": "lifespan.shutdown.complete"})
                     return
 
-    async def _http(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        start = time.perf_counter()
-        path = scope["path"]
-        method = scope["method"]
+    def _request_headers(self, headers: list[tuple[bytes, bytes]]) -> tuple[str | None, str | None, bytes | None, bool, str | None]:
+        """What a request's headers say to this replica: content type, request id, content
+        length, whether a shadow's copy, API key name."""
         rid = None
         ct = None
         clen = None
         mirrored = False
         key_name = None
-        for k, v in scope["headers"]:
+        for k, v in headers:
             if k == b"content-type":
                 ct = v.decode("latin-1")
             elif k == b"x-request-id":
@@ -189,11 +190,39 @@ class ReplicaApp:
                 mirrored = True
             elif k == _H_KEY_NAME:
                 key_name = v.decode("latin-1")[:64] or None
+        return ct, rid, clen, mirrored, key_name
+
+    def _new_request_id(self) -> str:
+        # A per-process random prefix and a counter: unique without a syscall per request
+        # (getrandom is the costliest line of a request otherwise).
+        self._rid_counter += 1
+        return f"{self._rid_prefix}-{self._rid_counter:x}"
+
+    def _response_headers(self, path: str, ctype: bytes, body: bytes, rid: str,
+                          extra: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+        headers = [(_H_CT, ctype), (b"content-length", str(len(body)).encode()),
+                   (_H_INSTANCE, self._instance), (_H_REQUEST, rid.encode("latin-1"))]
+        headers.extend(extra)
+        if path == contract.ROUTE_INVOCATIONS:
+            headers.extend(self._model_headers)
+        return headers
+
+    def _record(self, method: str, path: str, status: int, start: float) -> None:
+        elapsed = time.perf_counter() - start
+        self.metrics.observe(path if path in self._KNOWN else "other", status, elapsed)
+        # Failed invocations at info; the rest (probes included) only at debug.
+        level = logging.INFO if status >= 400 and path == contract.ROUTE_INVOCATIONS else logging.DEBUG
+        if access.isEnabledFor(level):
+            access.log(level, "request",
+                       extra={"method": method, "path": path, "status": status, "ms": round(elapsed * 1000, 3)})
+
+    async def _http(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        start = time.perf_counter()
+        path = scope["path"]
+        method = scope["method"]
+        ct, rid, clen, mirrored, key_name = self._request_headers(scope["headers"])
         if rid is None:
-            # A per-process random prefix and a counter: unique without a syscall
-            # per request (getrandom is the costliest line of a request otherwise).
-            self._rid_counter += 1
-            rid = f"{self._rid_prefix}-{self._rid_counter:x}"
+            rid = self._new_request_id()
         token = logs.request_id.set(rid)
         status = 500  # what the metrics and the access log say if sending the answer fails
         extra: list[tuple[bytes, bytes]]
@@ -213,22 +242,11 @@ class ReplicaApp:
             except Exception as exc:  # noqa: BLE001 - left to uvicorn, our bug would be a text/plain 500
                 log.exception("request failed", extra={"method": method, "path": path})
                 status, body, ctype, extra = 500, error_body("INTERNAL_ERROR", f"{method} {path} failed: {exc!r}"), _H_JSON, []
-            headers = [(_H_CT, ctype), (b"content-length", str(len(body)).encode()),
-                       (_H_INSTANCE, self._instance), (_H_REQUEST, rid.encode("latin-1"))]
-            headers.extend(extra)
-            if path == contract.ROUTE_INVOCATIONS:
-                headers.extend(self._model_headers)
+            headers = self._response_headers(path, ctype, body, rid, extra)
             await send({"type": "http.response.start", "status": status, "headers": headers})
             await send({"type": "http.response.body", "body": b"" if method == "HEAD" else body})
         finally:
-            elapsed = time.perf_counter() - start
-            self.metrics.observe(path if path in self._KNOWN else "other", status, elapsed)
-            st = status
-            # Failed invocations at info; the rest (probes included) only at debug.
-            level = logging.INFO if st >= 400 and path == contract.ROUTE_INVOCATIONS else logging.DEBUG
-            if access.isEnabledFor(level):
-                access.log(level, "request",
-                           extra={"method": method, "path": path, "status": st, "ms": round(elapsed * 1000, 3)})
+            self._record(method, path, status, start)
             logs.request_id.reset(token)
 
     async def _read_body(self, receive: Any, clen: bytes | None) -> bytes | None:
@@ -254,56 +272,167 @@ class ReplicaApp:
             parts.append(chunk)
         return b"".join(parts)
 
-    async def _invocations(self, receive: Any, ct: str | None, clen: bytes | None, rid: str = "", mirrored: bool = False,
-                           key_name: str | None = None) -> tuple[int, bytes, bytes, list[tuple[bytes, bytes]]]:
-        m = self.manager.current
+    def _unavailable(self, m: LoadedModel | None) -> tuple[int, bytes, bytes, list[tuple[bytes, bytes]]] | None:
+        """The answer to an invocation this replica cannot take now, or None when it can."""
         if m is None or self.batcher is None:
             return 503, error_body("TEMPORARILY_UNAVAILABLE", f"no model loaded yet for {self.cfg.model_uri}; see {contract.ROUTE_HEALTH}"), _H_JSON, [(b"retry-after", RETRY_AFTER_S.encode())]
         if self.pending >= self.cfg.max_queue:
             self.metrics.rejected.inc()
             return 503, error_body("TEMPORARILY_UNAVAILABLE", f"queue full ({self.cfg.max_queue} requests outstanding); retry later"), _H_JSON, [(b"retry-after", RETRY_AFTER_S.encode())]
-        admitted = time.monotonic()
+        return None
+
+    def _too_large(self) -> tuple[int, bytes, bytes, list[tuple[bytes, bytes]]]:
+        return 413, error_body("REQUEST_LIMIT_EXCEEDED", f"request body exceeds {self.cfg.max_body_bytes} bytes ({contract.ENV_MAX_BODY_BYTES})"), _H_JSON, []
+
+    def _admit(self) -> float:
         self.pending += 1
         self._board[self._b_pending] = self.pending
-        self.receiving += 1
-        queued = False
-        try:
-            body = await self._read_body(receive, clen)
-            if body is None:
-                return 413, error_body("REQUEST_LIMIT_EXCEEDED", f"request body exceeds {self.cfg.max_body_bytes} bytes ({contract.ENV_MAX_BODY_BYTES})"), _H_JSON, []
-            loop = self._loop or asyncio.get_running_loop()
-            fut: asyncio.Future[Answer] = loop.create_future()
-            rows = None
-            parsed = False
-            if len(body) <= PARSE_ON_LOOP_MAX_BYTES:
-                parsed = True
-                try:
-                    rows = m.parse_fast(body, ct)
-                except NotFast:
-                    rows = None
-                except Exception:  # noqa: BLE001 - a bug of the fast path: MLflow's path still answers
-                    log.exception("fast-path parsing failed; the request takes MLflow's path")
-                    rows = None
+        return time.monotonic()
+
+    def _release(self) -> None:
+        self.pending -= 1
+        self._board[self._b_pending] = self.pending
+
+    def _enqueue(self, m: LoadedModel, body: bytes, ct: str | None, admitted: float,
+                 was_receiving: bool = False) -> asyncio.Future[Answer]:
+        """Queue one invocation for the model thread; its answer comes as the future's result.
+        `was_receiving`: counted in `receiving` until now (the model thread waits for those)."""
+        assert self.batcher is not None
+        loop = self._loop or asyncio.get_running_loop()
+        fut: asyncio.Future[Answer] = loop.create_future()
+        rows = None
+        parsed = False
+        if len(body) <= PARSE_ON_LOOP_MAX_BYTES:
+            parsed = True
+            try:
+                rows = m.parse_fast(body, ct)
+            except NotFast:
+                rows = None
+            except Exception:  # noqa: BLE001 - a bug of the fast path: MLflow's path still answers
+                log.exception("fast-path parsing failed; the request takes MLflow's path")
+                rows = None
+        if was_receiving:
             self.receiving -= 1
-            queued = True
-            self.batcher.submit(Item(m, fut, rows, body, ct, parsed))
-            self._watch(admitted + self.cfg.scoring_timeout_s, fut)
-            ans = await fut
-            if mirrored and self.shadow is not None:
-                left = self.cfg.scoring_timeout_s - (time.monotonic() - admitted)
-                await self.shadow.compare(self.batcher, m, ans, body, ct, max(left, 0.001))
-            if self.payloads is not None and self._sample.random() * 100 < self.cfg.payload_log_percent:
-                self._log_payload(m, ans, body, ct, rid, mirrored, key_name, time.monotonic() - admitted)
-        finally:
-            if not queued:
-                self.receiving -= 1
-            self.pending -= 1
-            self._board[self._b_pending] = self.pending
+        self.batcher.submit(Item(m, fut, rows, body, ct, parsed))
+        self._watch(admitted + self.cfg.scoring_timeout_s, fut)
+        return fut
+
+    def _answered(self, m: LoadedModel, ans: Answer, body: bytes, ct: str | None, rid: str, mirrored: bool,
+                  key_name: str | None, admitted: float) -> None:
+        """What follows an answer whichever way the request came: the payload log sample."""
+        if self.payloads is not None and self._sample.random() * 100 < self.cfg.payload_log_percent:
+            self._log_payload(m, ans, body, ct, rid, mirrored, key_name, time.monotonic() - admitted)
+
+    def _result(self, m: LoadedModel, ans: Answer) -> tuple[int, bytes, bytes, list[tuple[bytes, bytes]]]:
         if ans.status == 200:
             self.served += 1
             self._board[self._b_served] = self.served
         ctype = _H_JSON if ans.content_type == _JSON else ans.content_type.encode()
         return ans.status, ans.body, ctype, [(_H_VERSION, m.version.encode())]
+
+    async def _invocations(self, receive: Any, ct: str | None, clen: bytes | None, rid: str = "", mirrored: bool = False,
+                           key_name: str | None = None) -> tuple[int, bytes, bytes, list[tuple[bytes, bytes]]]:
+        m = self.manager.current
+        refused = self._unavailable(m)
+        if refused is not None:
+            return refused
+        assert m is not None and self.batcher is not None
+        admitted = self._admit()
+        self.receiving += 1
+        queued = False
+        try:
+            body = await self._read_body(receive, clen)
+            if body is None:
+                return self._too_large()
+            queued = True
+            fut = self._enqueue(m, body, ct, admitted, was_receiving=True)
+            ans = await fut
+            if mirrored and self.shadow is not None:
+                left = self.cfg.scoring_timeout_s - (time.monotonic() - admitted)
+                await self.shadow.compare(self.batcher, m, ans, body, ct, max(left, 0.001))
+            self._answered(m, ans, body, ct, rid, mirrored, key_name, admitted)
+        finally:
+            if not queued:
+                self.receiving -= 1
+            self._release()
+        return self._result(m, ans)
+
+    # -- invocations without an ASGI cycle (protocol.py) --------------------------------
+    def direct_request(self, headers: list[tuple[bytes, bytes]]) -> tuple[str | None, str | None, bool, str | None] | None:
+        """For the HTTP protocol, at a POST /invocations' headers: what it needs to answer the
+        request itself once its body has arrived (`invoke_direct`), or None for a request
+        that takes the ASGI path: a shadow's (its comparison awaits the primary's model), a
+        body without a Content-Length or over the limit (read and refused as it arrives), a
+        request id that is no valid header value."""
+        if self.shadow is not None:
+            return None
+        ct, rid, clen, mirrored, key_name = self._request_headers(headers)
+        if clen is None:
+            return None
+        try:
+            if int(clen) > self.cfg.max_body_bytes:
+                return None
+        except ValueError:
+            return None
+        if rid is not None and HEADER_VALUE_RE.search(rid.encode("latin-1")):
+            return None
+        return ct, rid, mirrored, key_name
+
+    def invoke_direct(self, request: tuple[str | None, str | None, bool, str | None], body: bytes,
+                      respond: Callable[[int, list[tuple[bytes, bytes]], bytes], None]) -> None:
+        """Answer a POST /invocations whose body has arrived in full, as `_http` would, without
+        the ASGI machinery: no task, scope, receive or send per request. `respond` gets the
+        status, headers and body, once."""
+        start = time.perf_counter()
+        ct, rid, mirrored, key_name = request
+        if rid is None:
+            rid = self._new_request_id()
+        token = logs.request_id.set(rid)
+        try:
+            try:
+                m = self.manager.current
+                answer = self._unavailable(m)
+                if answer is None:
+                    assert m is not None
+                    admitted = self._admit()
+                    try:
+                        fut = self._enqueue(m, body, ct, admitted)
+                    except BaseException:
+                        self._release()
+                        raise
+                    # The callback runs in a copy of this context: its log lines carry the request id.
+                    fut.add_done_callback(lambda f: self._direct_answered(f, m, body, ct, rid, mirrored, key_name,
+                                                                          admitted, start, respond))
+                    return
+            except Exception as exc:  # noqa: BLE001 - as _http: our bug is a JSON 500, not a dropped request
+                log.exception("request failed", extra={"method": "POST", "path": contract.ROUTE_INVOCATIONS})
+                answer = 500, error_body("INTERNAL_ERROR", f"POST {contract.ROUTE_INVOCATIONS} failed: {exc!r}"), _H_JSON, []
+            self._direct_respond(answer, rid, start, respond)
+        finally:
+            logs.request_id.reset(token)
+
+    def _direct_answered(self, fut: asyncio.Future[Answer], m: LoadedModel, body: bytes, ct: str | None, rid: str,
+                         mirrored: bool, key_name: str | None, admitted: float, start: float,
+                         respond: Callable[[int, list[tuple[bytes, bytes]], bytes], None]) -> None:
+        try:
+            try:
+                ans = fut.result()
+                self._answered(m, ans, body, ct, rid, mirrored, key_name, admitted)
+            finally:
+                self._release()
+            answer = self._result(m, ans)
+        except Exception as exc:  # noqa: BLE001
+            log.exception("request failed", extra={"method": "POST", "path": contract.ROUTE_INVOCATIONS})
+            answer = 500, error_body("INTERNAL_ERROR", f"POST {contract.ROUTE_INVOCATIONS} failed: {exc!r}"), _H_JSON, []
+        self._direct_respond(answer, rid, start, respond)
+
+    def _direct_respond(self, answer: tuple[int, bytes, bytes, list[tuple[bytes, bytes]]], rid: str, start: float,
+                        respond: Callable[[int, list[tuple[bytes, bytes]], bytes], None]) -> None:
+        status, body, ctype, extra = answer
+        try:
+            respond(status, self._response_headers(contract.ROUTE_INVOCATIONS, ctype, body, rid, extra), body)
+        finally:
+            self._record("POST", contract.ROUTE_INVOCATIONS, status, start)
 
     def _watch(self, deadline: float, fut: asyncio.Future[Answer]) -> None:
         """Answer `fut` with 504 at `deadline` (time.monotonic) unless it is answered before.

@@ -13,7 +13,7 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
-from app.server.protocol import OneWriteHttpToolsProtocol
+from app.server.protocol import OneWriteHttpToolsProtocol, ReplicaHttpProtocol
 
 ANSWER = b'{"predictions": [1]}'
 POST = (b"POST /invocations HTTP/1.1\r\nHost: r\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}")
@@ -166,4 +166,5 @@ def test_the_replica_server_uses_it() -> None:
 
     from .helpers import BASE_ENV
 
-    assert main.server_config(config_mod.from_env(BASE_ENV), object()).http is OneWriteHttpToolsProtocol  # type: ignore[arg-type]
+    http = main.server_config(config_mod.from_env(BASE_ENV), object()).http  # type: ignore[arg-type]
+    assert http is ReplicaHttpProtocol and issubclass(http, OneWriteHttpToolsProtocol)
