@@ -121,14 +121,16 @@ class _DirectCycle:
         # to the cycle collector (protocol.py's _HeadWithBody says what that cost).
         self.protocol = None
         self.response_complete = True
-        if self.disconnected:
+        transport = protocol.transport
+        # A cycle pipelined behind this one has the protocol's `cycle` slot, so a lost
+        # connection may not have marked this one: the transport says so too.
+        if self.disconnected or transport.is_closing():
             return
         parts = [STATUS_LINE[status]]
         for name, value in headers:
             parts += (name, b": ", value, b"\r\n")
         parts.append(b"\r\n" if self.keep_alive else b"connection: close\r\n\r\n")
         parts.append(body)
-        transport = protocol.transport
         transport.write(b"".join(parts))
         if not self.keep_alive:
             transport.close()

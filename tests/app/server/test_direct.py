@@ -232,6 +232,9 @@ def test_a_body_in_several_segments_is_scored_whole() -> None:
 
 def _in_flight(scenario: Callable[[_Connection, _Counting, _Model], Any]) -> None:
     async def run() -> None:
+        # A failing callback (a write to a closed transport) is only logged by the loop.
+        failures: list[dict[str, Any]] = []
+        asyncio.get_running_loop().set_exception_handler(lambda loop, context: failures.append(context))
         model = _Model()
         model.gate.clear()
         app = _app(model)
@@ -246,6 +249,7 @@ def _in_flight(scenario: Callable[[_Connection, _Counting, _Model], Any]) -> Non
             model.gate.set()
             conn.close()
             await app.shutdown()
+        assert failures == []
 
     asyncio.run(run())
 
@@ -273,6 +277,19 @@ def test_a_lost_connection_gets_no_write_and_its_request_is_released() -> None:
         assert conn.transport.writes == []
         # Scored and counted, as on the ASGI path.
         assert f'requests_total{{route="{contract.ROUTE_INVOCATIONS}",status="200"}} 1.0' in app.metrics.render().decode()
+
+    _in_flight(scenario)
+
+
+def test_a_connection_lost_with_a_request_pipelined_behind_the_direct_one_gets_no_write() -> None:
+    async def scenario(conn: _Connection, app: _Counting, model: _Model) -> None:
+        conn.proto.data_received(_post(b"{}", RID, version=b"1.0"))  # queued behind it, on uvicorn's path
+        assert type(conn.proto.cycle) is RequestResponseCycle
+        conn.transport.closed = True
+        conn.proto.connection_lost(None)
+        model.gate.set()
+        await conn.until(lambda: app.pending == 0, "release")
+        assert conn.transport.writes == []
 
     _in_flight(scenario)
 
