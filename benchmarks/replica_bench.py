@@ -27,7 +27,8 @@ One run:
     .venv/bin/python benchmarks/replica_bench.py [--duration 10] [--connections 8 32]
     # quicker iterations on the replica alone (ratios only for the pairs measured):
     .venv/bin/python benchmarks/replica_bench.py --connections 32 --only ours,ceiling
-    # the replica against itself on uvicorn's own protocol (head and body in two writes):
+    # the replica against itself on uvicorn's own protocol (every request on its ASGI cycle,
+    # head and body in two writes):
     .venv/bin/python benchmarks/replica_bench.py --only ours,ours-2w
     # the replica against itself with invocations on uvicorn's ASGI cycle, and the constant
     # answer on the replica's direct path (ceiling-direct):
@@ -105,7 +106,7 @@ def main() -> int:
     ap.add_argument("--only", help="comma-separated subset of mlflow,ours,ours-est,ours-2w,ours-asgi,ceiling,"
                                    "ceiling-direct,starlette-const to measure (quicker iterations; ratios are "
                                    "printed for the pairs measured). ours-2w, the replica on uvicorn's own protocol "
-                                   "(head and body in two writes), and ours-asgi, the replica with invocations on "
+                                   "(ASGI cycle, head and body in two writes), and ours-asgi, the replica with invocations on "
                                    "uvicorn's ASGI cycle, run only when named here")
     ap.add_argument("--starlette", action=argparse.BooleanOptionalAction, default=True,
                     help="also measure the constant answer on Starlette (reference only)")
@@ -221,12 +222,16 @@ def main() -> int:
                 for label, p in servers.items():
                     url = p.url + contract.ROUTE_INVOCATIONS
                     wrk(url, c, args.warmup, script)
+                    cpu_before = p.cpu_seconds()
                     r = wrk(url, c, args.duration, script)
+                    # The server's CPU per request: on this shared machine other work takes
+                    # turns on the core, which moves req/s far more than this.
+                    r["cpu_us"] = (p.cpu_seconds() - cpu_before) / max(r["requests"], 1) * 1e6
                     r["rss_mb"] = p.rss_bytes() / 2**20
                     runs.setdefault(label, {}).setdefault(c, []).append(r)
                     print(f"{label:14s} c={c:<3d} round {rnd + 1}: {r['rps']:9.0f} req/s  p50 {r['p50']:8.2f} ms"
-                          f"  p99 {r['p99']:8.2f} ms  RSS {r['rss_mb']:7.1f} MiB  non-2xx {int(r['non2xx'])}"
-                          f"  timeouts {int(r['timeouts'])}", flush=True)
+                          f"  p99 {r['p99']:8.2f} ms  CPU/req {r['cpu_us']:7.1f} us  RSS {r['rss_mb']:7.1f} MiB"
+                          f"  non-2xx {int(r['non2xx'])}  timeouts {int(r['timeouts'])}", flush=True)
         for label, by_c in runs.items():
             for c, rs in by_c.items():
                 results.setdefault(label, {})[c] = {k: statistics.median(r[k] for r in rs) for k in rs[0]}
@@ -240,8 +245,9 @@ def main() -> int:
         for c in args.connections:
             r = results[label][c]
             print(f"  {label:14s} c={c:<3d} {r['rps']:9.0f} req/s  p50 {r['p50']:8.2f} ms  p99 {r['p99']:8.2f} ms"
-                  f"  RSS {r['rss_mb']:7.1f} MiB")
-    print("ratios, per round (the three runs of a round are back to back), median [min..max]:")
+                  f"  CPU/req {r['cpu_us']:7.1f} us  RSS {r['rss_mb']:7.1f} MiB")
+    print("ratios, per round (the runs of a round are back to back), median [min..max]; 'per CPU': requests per\n"
+          "second of the server's CPU time, the other's CPU per request over ours (steadier on a shared machine):")
     for c in args.connections:
         ratios: dict[str, float] = {}
         line = f"  c={c:<3d}"
@@ -256,8 +262,10 @@ def main() -> int:
             ratios.update(rps_vs_mlflow=statistics.median(speed), p99_vs_mlflow=statistics.median(p99))
         if o_rs and k_rs:
             ceil = _per_round(o_rs, k_rs, "rps")
-            line += f"   ours/ceiling req/s {_span(ceil, '.2f')}"
+            per_cpu = _per_cpu(o_rs, k_rs)
+            line += f"   ours/ceiling req/s {_span(ceil, '.2f')}   per CPU {_span(per_cpu, '.2f')}"
             ratios["rps_vs_ceiling"] = statistics.median(ceil)
+            ratios["per_cpu_vs_ceiling"] = statistics.median(per_cpu)
         print(line)
         e_rs = runs.get("ours-est", {}).get(c)
         if e_rs and (t_rs or k_rs):
@@ -269,24 +277,26 @@ def main() -> int:
                 ratios["est_rps_vs_mlflow"] = statistics.median(est_speed)
             if k_rs:
                 est_ceil = _per_round(e_rs, k_rs, "rps")
-                parts.append(f"/ceiling req/s {_span(est_ceil, '.2f')}")
+                parts.append(f"/ceiling req/s {_span(est_ceil, '.2f')}   per CPU {_span(_per_cpu(e_rs, k_rs), '.2f')}")
                 ratios["est_rps_vs_ceiling"] = statistics.median(est_ceil)
             print("        ours-est (kernel off) " + "   ".join(parts))
         d_rs = runs.get("ceiling-direct", {}).get(c)
         if o_rs and d_rs:
             direct = _per_round(o_rs, d_rs, "rps")
-            print(f"        ours / constant answer on the replica's direct path (ceiling-direct) req/s {_span(direct, '.2f')}")
+            print(f"        ours / constant answer on the replica's direct path (ceiling-direct) req/s {_span(direct, '.2f')}"
+                  f"   per CPU {_span(_per_cpu(o_rs, d_rs), '.2f')}")
             ratios["rps_vs_ceiling_direct"] = statistics.median(direct)
         a_rs = runs.get("ours-asgi", {}).get(c)
         if o_rs and a_rs:
             no_asgi = _per_round(o_rs, a_rs, "rps")
             print(f"        ours (invocations without ASGI) / ours-asgi (on uvicorn's ASGI cycle) req/s {_span(no_asgi, '.2f')}"
-                  f"   p99 {_span(_per_round(o_rs, a_rs, 'p99'), '.3f')}")
+                  f"   per CPU {_span(_per_cpu(o_rs, a_rs), '.2f')}   p99 {_span(_per_round(o_rs, a_rs, 'p99'), '.3f')}")
+            ratios["per_cpu_vs_asgi_path"] = statistics.median(_per_cpu(o_rs, a_rs))
             ratios["rps_vs_asgi_path"] = statistics.median(no_asgi)
         w_rs = runs.get("ours-2w", {}).get(c)
         if o_rs and w_rs:
             one_write = _per_round(o_rs, w_rs, "rps")
-            print(f"        ours (one write per response) / ours-2w (uvicorn's two writes) req/s {_span(one_write, '.3f')}"
+            print(f"        ours / ours-2w (uvicorn's own protocol: ASGI cycle, two writes) req/s {_span(one_write, '.3f')}"
                   f"   p99 {_span(_per_round(o_rs, w_rs, 'p99'), '.3f')}")
             ratios["rps_vs_two_writes"] = statistics.median(one_write)
         if o_rs and "starlette-const" in runs:
@@ -302,8 +312,9 @@ def main() -> int:
                 ratios[f"{kind}_rps_vs_mlflow"] = statistics.median(speed)
             if m_rs and k_rs:
                 ceil = _per_round(m_rs, k_rs, "rps")
-                parts.append(f"/ceiling req/s {_span(ceil, '.2f')}")
+                parts.append(f"/ceiling req/s {_span(ceil, '.2f')}   per CPU {_span(_per_cpu(m_rs, k_rs), '.2f')}")
                 ratios[f"{kind}_rps_vs_ceiling"] = statistics.median(ceil)
+                ratios[f"{kind}_per_cpu_vs_ceiling"] = statistics.median(_per_cpu(m_rs, k_rs))
             if parts:
                 print(f"        ours-{kind} " + "   ".join(parts))
         results.setdefault("ratios", {})[c] = ratios
@@ -316,6 +327,11 @@ def main() -> int:
 def _per_round(mine: list[dict[str, float]], other: list[dict[str, float]], key: str) -> list[float]:
     """mine/other for one figure, round by round (the runs of a round are back to back)."""
     return [m[key] / o[key] for m, o in zip(mine, other, strict=True)]
+
+
+def _per_cpu(mine: list[dict[str, float]], other: list[dict[str, float]]) -> list[float]:
+    """Requests per CPU-second, mine/other, round by round: the other's CPU per request over mine."""
+    return [o["cpu_us"] / m["cpu_us"] for m, o in zip(mine, other, strict=True)]
 
 
 def _span(values: list[float], fmt: str) -> str:

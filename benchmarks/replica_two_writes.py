@@ -1,6 +1,8 @@
 """The replica as it was before app/server/protocol.py: uvicorn's own httptools protocol, which
-sends a response's head and body in two writes. Only for replica_bench.py's side-by-side
-figure (`--only ours,ours-2w`).
+sends a response's head and body in two writes (and takes every request through its ASGI
+cycle: benchmarks/replica_asgi_path.py keeps the one write and drops only the direct path).
+For replica_bench.py's side-by-side figure (`--only ours,ours-2w`) and as the replica whose
+answers a kill can truncate (tests/app/test_replica_kill.py).
 
 Run as `python -m benchmarks.replica_two_writes`, configured like `python -m app.server`.
 """

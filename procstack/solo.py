@@ -130,6 +130,19 @@ class Proc:
         return total
 
 
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system, every thread) the process and its live descendants have
+        used so far. Unlike throughput it hardly moves when other work on a shared machine
+        takes the core: a benchmark's per-request CPU is the steadier figure."""
+        if self.popen is None:
+            return 0.0
+        ticks = 0
+        for pid in _descendants(self.popen.pid):
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                ticks += int(fields[11]) + int(fields[12])  # utime, stime (stat fields 14 and 15)
+        return ticks / _CLOCK_TICKS
+
     def pss_bytes(self) -> int:
         """Proportional set size of the process and its descendants: pages shared between them
         (a forked replica's libraries) count once in the sum, as in the container's memory."""
@@ -142,6 +155,9 @@ class Proc:
                     if line.startswith("Pss:"):
                         total += int(line.split()[1]) * 1024
         return total
+
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def _descendants(pid: int) -> list[int]:

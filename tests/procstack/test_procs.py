@@ -46,3 +46,18 @@ def test_port_free_sees_a_bound_port():
         port = s.getsockname()[1]
         assert not procs.port_free("127.0.0.1", port)
     assert procs.port_free("127.0.0.1", port)
+
+
+def test_a_benchmarked_servers_cpu_time_counts_its_children(tmp_path):
+    # The parent only waits; its child spins (bounded): what cpu_seconds() reports is the child's.
+    from procstack import solo
+
+    spin = "import time; end = time.monotonic() + 30\nwhile time.monotonic() < end: pass"
+    argv = [sys.executable, "-c", f"import subprocess, sys; subprocess.run([sys.executable, '-c', {spin!r}])"]
+    proc = solo.Proc("spinner", argv, dict(os.environ), tmp_path / "spinner.log").start()
+    try:
+        assert proc.cpu_seconds() < 0.5
+        procs.wait_until(lambda: proc.cpu_seconds() >= 0.5, 20, "the child's CPU time counted")
+    finally:
+        proc.stop()
+    assert not proc.alive()
