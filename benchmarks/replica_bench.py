@@ -119,7 +119,7 @@ def main() -> int:
         print(f"--models: unknown {sorted(set(extra) - set(bench_models.KINDS))}", file=sys.stderr)
         return 2
     wanted = set(args.only.split(",")) if args.only else set()
-    known = {"mlflow", "ours", "ours-est", "ours-2w", "ours-asgi", "ceiling", "ceiling-direct", "starlette-const",
+    known = {"mlflow", "ours", "ours-est", "ours-2w", "ours-asgi", "ours-est-asgi", "ceiling", "ceiling-direct", "starlette-const",
              *(f"{side}-{m}" for m in bench_models.KINDS for side in ("mlflow", "ours"))}
     if wanted - known:
         print(f"--only: unknown {sorted(wanted - known)}", file=sys.stderr)
@@ -160,10 +160,10 @@ def main() -> int:
         def ours(kernels: str = "true") -> rp.Proc:
             return rp.start_replica(tracking.url, MODEL, ALIAS, tmp, cpus=SERVER_CPU, **knobs(kernels))
 
-        def variant(module: str) -> rp.Proc:
+        def variant(module: str, kernels: str = "true") -> rp.Proc:
             port = rp.free_port()
             p = rp.Proc(module, ["taskset", "-c", SERVER_CPU, rp.PY, "-m", f"benchmarks.{module}"],
-                        rp.replica_env(tracking.url, MODEL, ALIAS, port, **knobs()), tmp / f"{module}-{port}.log",
+                        rp.replica_env(tracking.url, MODEL, ALIAS, port, **knobs(kernels)), tmp / f"{module}-{port}.log",
                         port=port).start()
             try:
                 p.wait_http(contract.ROUTE_READY, 120)
@@ -190,6 +190,8 @@ def main() -> int:
             factories.insert(2, ("ours-2w", lambda: variant("replica_two_writes")))
         if "ours-asgi" in wanted:
             factories.insert(2, ("ours-asgi", lambda: variant("replica_asgi_path")))
+        if "ours-est-asgi" in wanted:
+            factories.insert(3, ("ours-est-asgi", lambda: variant("replica_asgi_path", "false")))
         if args.starlette:
             factories.append(("starlette-const", lambda: ceiling("starlette")))
         for kind in extra:
@@ -292,6 +294,10 @@ def main() -> int:
             print(f"        ours (invocations without ASGI) / ours-asgi (on uvicorn's ASGI cycle) req/s {_span(no_asgi, '.2f')}"
                   f"   per CPU {_span(_per_cpu(o_rs, a_rs), '.2f')}   p99 {_span(_per_round(o_rs, a_rs, 'p99'), '.3f')}")
             ratios["per_cpu_vs_asgi_path"] = statistics.median(_per_cpu(o_rs, a_rs))
+        ea_rs = runs.get("ours-est-asgi", {}).get(c)
+        if e_rs and ea_rs:
+            print(f"        ours-est / ours-est-asgi (kernel off, without / on uvicorn's ASGI cycle) req/s "
+                  f"{_span(_per_round(e_rs, ea_rs, 'rps'), '.2f')}   per CPU {_span(_per_cpu(e_rs, ea_rs), '.2f')}")
             ratios["rps_vs_asgi_path"] = statistics.median(no_asgi)
         w_rs = runs.get("ours-2w", {}).get(c)
         if o_rs and w_rs:
