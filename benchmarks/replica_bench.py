@@ -282,23 +282,19 @@ def main() -> int:
                 parts.append(f"/ceiling req/s {_span(est_ceil, '.2f')}   per CPU {_span(_per_cpu(e_rs, k_rs), '.2f')}")
                 ratios["est_rps_vs_ceiling"] = statistics.median(est_ceil)
             print("        ours-est (kernel off) " + "   ".join(parts))
-        d_rs = runs.get("ceiling-direct", {}).get(c)
-        if o_rs and d_rs:
-            direct = _per_round(o_rs, d_rs, "rps")
-            print(f"        ours / constant answer on the replica's direct path (ceiling-direct) req/s {_span(direct, '.2f')}"
-                  f"   per CPU {_span(_per_cpu(o_rs, d_rs), '.2f')}")
-            ratios["rps_vs_ceiling_direct"] = statistics.median(direct)
-        a_rs = runs.get("ours-asgi", {}).get(c)
-        if o_rs and a_rs:
-            no_asgi = _per_round(o_rs, a_rs, "rps")
-            print(f"        ours (invocations without ASGI) / ours-asgi (on uvicorn's ASGI cycle) req/s {_span(no_asgi, '.2f')}"
-                  f"   per CPU {_span(_per_cpu(o_rs, a_rs), '.2f')}   p99 {_span(_per_round(o_rs, a_rs, 'p99'), '.3f')}")
-            ratios["per_cpu_vs_asgi_path"] = statistics.median(_per_cpu(o_rs, a_rs))
-        ea_rs = runs.get("ours-est-asgi", {}).get(c)
-        if e_rs and ea_rs:
-            print(f"        ours-est / ours-est-asgi (kernel off, without / on uvicorn's ASGI cycle) req/s "
-                  f"{_span(_per_round(e_rs, ea_rs, 'rps'), '.2f')}   per CPU {_span(_per_cpu(e_rs, ea_rs), '.2f')}")
-            ratios["rps_vs_asgi_path"] = statistics.median(no_asgi)
+        for mine, other, text, key in (
+                ("ours", "ceiling-direct", "ours / constant answer on the replica's direct path (ceiling-direct)",
+                 "ceiling_direct"),
+                ("ours", "ours-asgi", "ours (invocations without ASGI) / ours-asgi (on uvicorn's ASGI cycle)", "asgi_path"),
+                ("ours-est", "ours-est-asgi", "ours-est / ours-est-asgi (kernel off, without / on uvicorn's ASGI cycle)",
+                 "est_asgi_path")):
+            m_rs, x_rs = runs.get(mine, {}).get(c), runs.get(other, {}).get(c)
+            if m_rs and x_rs:
+                speed, per_cpu = _per_round(m_rs, x_rs, "rps"), _per_cpu(m_rs, x_rs)
+                print(f"        {text} req/s {_span(speed, '.2f')}   per CPU {_span(per_cpu, '.2f')}"
+                      f"   p99 {_span(_per_round(m_rs, x_rs, 'p99'), '.3f')}")
+                ratios[f"rps_vs_{key}"] = statistics.median(speed)
+                ratios[f"per_cpu_vs_{key}"] = statistics.median(per_cpu)
         w_rs = runs.get("ours-2w", {}).get(c)
         if o_rs and w_rs:
             one_write = _per_round(o_rs, w_rs, "rps")

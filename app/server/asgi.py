@@ -58,6 +58,12 @@ _H_KEY_NAME = contract.HEADER_API_KEY_NAME.lower().encode()
 PAYLOAD_FLUSH_ON_STOP_S = 5.0
 
 
+def _internal_error(method: str, path: str, exc: Exception) -> tuple[int, bytes, bytes, list[tuple[bytes, bytes]]]:
+    """Our bug, logged with its traceback (called inside the `except`) and answered as JSON."""
+    log.exception("request failed", extra={"method": method, "path": path})
+    return 500, error_body("INTERNAL_ERROR", f"{method} {path} failed: {exc!r}"), _H_JSON, []
+
+
 class Solo:
     """The process's place in its replica when it is the replica's only process."""
 
@@ -240,8 +246,7 @@ class ReplicaApp:
                 else:
                     status, body, ctype, extra = self._GET_ROUTES[path](self)
             except Exception as exc:  # noqa: BLE001 - left to uvicorn, our bug would be a text/plain 500
-                log.exception("request failed", extra={"method": method, "path": path})
-                status, body, ctype, extra = 500, error_body("INTERNAL_ERROR", f"{method} {path} failed: {exc!r}"), _H_JSON, []
+                status, body, ctype, extra = _internal_error(method, path, exc)
             headers = self._response_headers(path, ctype, body, rid, extra)
             await send({"type": "http.response.start", "status": status, "headers": headers})
             await send({"type": "http.response.body", "body": b"" if method == "HEAD" else body})
@@ -405,8 +410,7 @@ class ReplicaApp:
                                                                           admitted, start, respond))
                     return
             except Exception as exc:  # noqa: BLE001 - as _http: our bug is a JSON 500, not a dropped request
-                log.exception("request failed", extra={"method": "POST", "path": contract.ROUTE_INVOCATIONS})
-                answer = 500, error_body("INTERNAL_ERROR", f"POST {contract.ROUTE_INVOCATIONS} failed: {exc!r}"), _H_JSON, []
+                answer = _internal_error("POST", contract.ROUTE_INVOCATIONS, exc)
             self._direct_respond(answer, rid, start, respond)
         finally:
             logs.request_id.reset(token)
@@ -422,8 +426,7 @@ class ReplicaApp:
                 self._release()
             answer = self._result(m, ans)
         except Exception as exc:  # noqa: BLE001
-            log.exception("request failed", extra={"method": "POST", "path": contract.ROUTE_INVOCATIONS})
-            answer = 500, error_body("INTERNAL_ERROR", f"POST {contract.ROUTE_INVOCATIONS} failed: {exc!r}"), _H_JSON, []
+            answer = _internal_error("POST", contract.ROUTE_INVOCATIONS, exc)
         self._direct_respond(answer, rid, start, respond)
 
     def _direct_respond(self, answer: tuple[int, bytes, bytes, list[tuple[bytes, bytes]]], rid: str, start: float,

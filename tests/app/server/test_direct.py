@@ -22,11 +22,11 @@ from uvicorn.server import ServerState
 from app import contract
 from app.server import config as config_mod
 from app.server.asgi import ReplicaApp
-from app.server.manager import RegistryState
 from app.server.model import Answer, NotFast
 from app.server.protocol import OneWriteHttpToolsProtocol, ReplicaHttpProtocol
 
 from .helpers import BASE_ENV
+from .test_asgi import _FakeManager
 from .test_protocol import _Transport
 
 DEADLINE_S = 10.0
@@ -61,20 +61,6 @@ class _Model:
         return Answer(200, ANSWER)
 
 
-class _Manager:
-    def __init__(self, model: Any) -> None:
-        self.current = model
-        self.last_error = None
-        self.alias_version = None
-        self.registry = RegistryState()
-
-    def start(self) -> None:
-        pass
-
-    async def stop(self) -> None:
-        pass
-
-
 class _Counting(ReplicaApp):
     """The replica app, counting the requests its direct path took."""
 
@@ -87,7 +73,7 @@ class _Counting(ReplicaApp):
 
 def _app(model: Any, **env: str) -> _Counting:
     cfg = config_mod.from_env({**BASE_ENV, contract.ENV_INSTANCE_ID: "r-direct", **env})
-    return _Counting(cfg, manager=_Manager(model))  # type: ignore[arg-type]
+    return _Counting(cfg, manager=_FakeManager(model))  # type: ignore[arg-type]
 
 
 class _Connection:
