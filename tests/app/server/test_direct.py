@@ -9,7 +9,6 @@ everything the direct path does not take."""
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -22,38 +21,29 @@ from uvicorn.server import ServerState
 from app import contract
 from app.server import config as config_mod
 from app.server.asgi import ReplicaApp
-from app.server.model import Answer, NotFast
+from app.server.model import Answer
 from app.server.protocol import OneWriteHttpToolsProtocol, ReplicaHttpProtocol
 
 from .helpers import BASE_ENV
-from .test_asgi import _FakeManager
+from .test_asgi import _FakeManager, _FakeModel
 from .test_protocol import _Transport
 
 DEADLINE_S = 10.0
 ANSWER = b'{"predictions": [1]}'
 
 
-class _Model:
-    """Scores on MLflow's path (the stand-in has no fast path); held while `gate` is clear."""
-
-    version = "3"
-    fast = None
-    flavor = "fake"
-    device = contract.DEVICE_CPU
-    loaded_at = 0.0
+class _Model(_FakeModel):
+    """test_asgi's stand-in (MLflow's path only, held while `release` is clear), released from
+    the start, failing on demand, refusing the body `bad`."""
 
     def __init__(self) -> None:
-        self.gate = threading.Event()
-        self.gate.set()
-        self.entered = threading.Event()
+        super().__init__()
+        self.release.set()
         self.fail = False
-
-    def parse_fast(self, body: bytes, ct: str | None) -> Any:
-        raise NotFast
 
     def score_reference(self, body: bytes, ct: str | None) -> Answer:
         self.entered.set()
-        self.gate.wait(DEADLINE_S)
+        self.release.wait(DEADLINE_S)
         if self.fail:
             raise RuntimeError("scoring blew up")
         if body == b"bad":
@@ -222,7 +212,7 @@ def _in_flight(scenario: Callable[[_Connection, _Counting, _Model], Any]) -> Non
         failures: list[dict[str, Any]] = []
         asyncio.get_running_loop().set_exception_handler(lambda loop, context: failures.append(context))
         model = _Model()
-        model.gate.clear()
+        model.release.clear()
         app = _app(model)
         await app.startup()
         conn = _Connection(ReplicaHttpProtocol, app)
@@ -232,7 +222,7 @@ def _in_flight(scenario: Callable[[_Connection, _Counting, _Model], Any]) -> Non
             assert app.direct_calls == 1 and app.pending == 1 and not conn.transport.writes
             await scenario(conn, app, model)
         finally:
-            model.gate.set()
+            model.release.set()
             conn.close()
             await app.shutdown()
         assert failures == []
@@ -244,7 +234,7 @@ def test_a_graceful_shutdown_waits_for_the_answer_then_closes() -> None:
     async def scenario(conn: _Connection, app: _Counting, model: _Model) -> None:
         conn.proto.shutdown()  # what uvicorn's server calls on every connection at SIGTERM
         assert not conn.transport.closed
-        model.gate.set()
+        model.release.set()
         await conn.until(lambda: conn.transport.closed, "close")
         assert len(conn.transport.writes) == 1
         assert conn.transport.writes[0].startswith(b"HTTP/1.1 200 OK\r\n")
@@ -258,7 +248,7 @@ def test_a_lost_connection_gets_no_write_and_its_request_is_released() -> None:
     async def scenario(conn: _Connection, app: _Counting, model: _Model) -> None:
         conn.transport.closed = True
         conn.proto.connection_lost(None)
-        model.gate.set()
+        model.release.set()
         await conn.until(lambda: app.pending == 0, "release")
         assert conn.transport.writes == []
         # Scored and counted, as on the ASGI path.
@@ -273,7 +263,7 @@ def test_a_connection_lost_with_a_request_pipelined_behind_the_direct_one_gets_n
         assert type(conn.proto.cycle) is RequestResponseCycle
         conn.transport.closed = True
         conn.proto.connection_lost(None)
-        model.gate.set()
+        model.release.set()
         await conn.until(lambda: app.pending == 0, "release")
         assert conn.transport.writes == []
 
@@ -283,20 +273,20 @@ def test_a_connection_lost_with_a_request_pipelined_behind_the_direct_one_gets_n
 def test_a_timeout_is_a_504_and_a_scoring_failure_a_json_answer() -> None:
     async def run() -> list[bytes]:
         model = _Model()
-        model.gate.clear()
+        model.release.clear()
         app = _app(model, **{contract.ENV_SCORING_TIMEOUT_S: "0.2"})
         await app.startup()
         conn = _Connection(ReplicaHttpProtocol, app)
         try:
             writes = list(await conn.exchange(_post(b"{}", RID)))
             model.fail = True
-            model.gate.set()
+            model.release.set()
             conn.transport.writes.clear()
             writes += await conn.exchange(_post(b"{}", RID))
             assert app.direct_calls == 2
             return writes
         finally:
-            model.gate.set()
+            model.release.set()
             conn.close()
             await app.shutdown()
 
