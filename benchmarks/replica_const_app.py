@@ -76,9 +76,7 @@ if __name__ == "__main__":
     from app.server.protocol import OneWriteHttpToolsProtocol, ReplicaHttpProtocol
 
     variant = sys.argv[2] if len(sys.argv) > 2 else "asgi"
-    target: Any = {"asgi": app, "direct": DirectConstApp(), "starlette": starlette_app}[variant]
-    if variant == "starlette":
-        target = target()
+    target = {"asgi": lambda: app, "direct": DirectConstApp, "starlette": starlette_app}[variant]()
     # The ceilings run on the replica's own HTTP protocol; the Starlette reference on uvicorn's.
     protocol: Any = {"asgi": OneWriteHttpToolsProtocol, "direct": ReplicaHttpProtocol, "starlette": "httptools"}[variant]
     uvicorn.run(target, host="127.0.0.1", port=int(sys.argv[1]), loop="uvloop", http=protocol,
