@@ -9,15 +9,22 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from dnslib import QTYPE, RCODE, RR, A
 from dnslib.server import BaseResolver, DNSLogger, DNSServer
 
 from nginx.render import RESOLVER_ADDRESS
 
-if TYPE_CHECKING:
-    from procstack.solo import Proc
+
+class Watched(Protocol):
+    """A started process a wait gives up on once it exits (procstack.solo.Proc, a warm replica)."""
+
+    name: str
+
+    def alive(self) -> bool: ...
+
+    def tail(self, n: int = ...) -> str: ...
 
 POLL_S = 0.05  # poll interval of wait_until
 
@@ -64,7 +71,7 @@ def serve_dns(table: Table) -> DNSServer:
     return dns
 
 
-def wait_until(condition: Callable[[], object], deadline_s: float, what: str, proc: Proc | None = None) -> float:
+def wait_until(condition: Callable[[], object], deadline_s: float, what: str, proc: Watched | None = None) -> float:
     """Poll `condition` until it holds; fail at the deadline, or at once when `proc` exited.
     Returns the seconds it took."""
     start = time.monotonic()

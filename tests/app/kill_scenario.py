@@ -44,6 +44,7 @@ from nginx.render import STATUS_DIR, render  # noqa: E402
 from procstack import solo as rp  # noqa: E402
 from stackconfig.names import weight_alias  # noqa: E402
 from stackconfig.settings import parse  # noqa: E402
+from tests.app.warm_replica import WarmProc  # noqa: E402
 from tests.support import Table, nginx_command, serve_dns, stop, wait_until  # noqa: E402
 
 NGINX_ADDRESS = "127.0.0.5"
@@ -62,12 +63,12 @@ GO = threading.Event()  # cleared while a killed replica starts again
 
 
 def start_replica(tracking_url: str, address: str, workdir: Path, generation: int, workers: int = 1,
-                  module: str = contract.REPLICA_MODULE) -> rp.Proc:
+                  module: str = contract.REPLICA_MODULE) -> WarmProc:
+    """Started warm (warm_replica.py: forked after the replica's imports)."""
     env = rp.replica_env(tracking_url, MODEL, ALIAS, contract.REPLICA_PORT,
                          **{contract.ENV_BIND_HOST: address, contract.ENV_INSTANCE_ID: address,
                             contract.ENV_POLL_INTERVAL_S: "30", contract.ENV_WORKERS: str(workers)})
-    return rp.Proc(f"replica-{address}", [rp.PY, "-m", module], env,
-                   workdir / f"replica-{address}-{generation}.log", port=contract.REPLICA_PORT).start()
+    return WarmProc(f"replica-{address}", module, env, workdir / f"replica-{address}-{generation}.log").start()
 
 
 def served(address: str) -> int:
@@ -158,8 +159,8 @@ def main(workdir: Path, kills: int, threads: int, max_seconds: float, workers: i
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / STATUS_DIR).mkdir(exist_ok=True)
     (workdir / "nginx.conf").write_text(render(parse("dev", SCENARIO_CONFIG)))
-    procs: dict[str, rp.Proc] = {}
-    started: list[rp.Proc] = []
+    procs: dict[str, WarmProc] = {}
+    started: list[WarmProc] = []
     dns: DNSServer | None = None
     nginx: subprocess.Popen[bytes] | None = None
     nginx_log = (workdir / "nginx.out").open("wb")
@@ -215,9 +216,9 @@ def main(workdir: Path, kills: int, threads: int, max_seconds: float, workers: i
             wait_until(lambda o=other, v=victim: served(o) >= SERVED_BEFORE_KILL and served(v) >= SERVED_BEFORE_KILL,
                        READY_DEADLINE_S, f"both replicas serving before kill {k + 1}", procs[other])
             proc = procs[victim]
-            assert proc.popen is not None
-            os.kill(proc.popen.pid, signal.SIGKILL)
-            proc.popen.wait(30)
+            assert proc.alive(), proc.tail()
+            proc.signal(signal.SIGKILL)
+            wait_until(lambda p=proc: not p.alive(), 30, f"{victim} gone after kill {k + 1}")
             kill_log.append({"at": time.time(), "replica": victim})
             GO.clear()
             proc.stop()

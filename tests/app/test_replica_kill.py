@@ -21,7 +21,8 @@ SCENARIO = Path(__file__).with_name("kill_scenario.py")
 # microseconds per response: on the code before protocol.py (uvicorn's two writes) this
 # scenario lost a request after about 1 kill in 40 (app/README.md has the counts), so it
 # takes this many kills for the old code to fail nearly every run. One write per response:
-# no loss in any run.
+# no loss in any run. The scenario restarts replicas warm (warm_replica.py), about 2 s a kill
+# instead of 6-7 s cold; warm, the old code still lost 3 of 193,329 requests in 100 kills.
 KILLS = 100
 MAX_SECONDS = 1200  # no kill starts after this; the run then ends within a replica start
 
@@ -31,8 +32,8 @@ MAX_SECONDS = 1200  # no kill starts after this; the run then ends within a repl
 # process SIGKILLed while the replica stays in rotation and replaces it. These runs are about
 # the processes, not the one-write protocol, so fewer kills: the scenario with worker kills
 # does not catch two writes per response anyway (60 kills with benchmarks.replica_two_writes
-# as the replica, 615,678 requests, 0 truncated), and a cold start of a supervisor with its
-# workers costs about 16 s per kill on two cores.
+# as the replica, 615,678 requests, 0 truncated), and a supervisor forks its workers and
+# each loads the model (this case, set-up included: 51 s warm, 95-104 s cold, on two cores).
 SUPERVISOR_KILLS = 10
 # Each replica's two processes are killed three times each: the supervisor restarts a process
 # that exits within STABLE_AFTER_S after a backoff (0, 0.5, 1, 2 ... 30 s), which 30 kills
