@@ -1,6 +1,6 @@
 """`python -m enginestack`: the stack on the local Docker engine (stand-in for `pulumi up`).
 
-    python -m enginestack images [--remove]       build (or remove) the stand-in images
+    python -m enginestack images [--remove] [--app-cache]   build (or remove) the stand-in images
     python -m enginestack up [--stack dev] [--set key=value ...] [--official-images]
     python -m enginestack status [--stack dev]
     python -m enginestack down [--stack dev] [--purge] [--remove-images]
@@ -58,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     images = sub.add_parser("images", help="build the stand-in images (cached), or remove them")
     images.add_argument("--remove", action="store_true")
+    images.add_argument("--app-cache", action="store_true",
+                        help="also build the project's images as the test stack declares them, into the build cache "
+                             "only (tags this made are removed again): the engine tests' builds then are cache hits")
     rep = sub.add_parser("report", help="throughput and p99 by replica count under a CPU quota (table + PNG)")
     rep.add_argument("--max-replicas", type=int, default=4)
     rep.add_argument("--duration", type=float, default=10.0)
@@ -81,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             for key, built in standins.build_standins(client).items():
                 print(f"{key}: {built.tag} {built.image_id[:19]} ({built.seconds:.0f} s)")
+            if args.app_cache:
+                for built in standins.cache_app_images(client).values():
+                    print(f"cached {built.tag}: {built.image_id[:19]} ({built.seconds:.0f} s)")
         return 0
 
     if args.command == "report":

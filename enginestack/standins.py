@@ -35,7 +35,9 @@ from pathlib import Path
 import docker
 import yaml
 
+from enginestack.apply import EngineStack
 from enginestack.build import Built, build_image
+from mockrun import run_program
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGES_DIR = Path(__file__).resolve().parent / "images"
@@ -187,6 +189,31 @@ def build_standins(client: docker.DockerClient, log: Log = print) -> dict[str, B
             log(f"{result.tag}: {result.image_id[:19]} in {result.seconds:.0f} s")
             built[standin.key] = result
     return built
+
+
+def cache_app_images(client: docker.DockerClient, log: Log = print) -> dict[str, Built]:
+    """Build the project's images as the test stack declares them, leaving only the build cache:
+    a tag that did not exist before is removed again (BuildKit keeps its cache without it, and
+    the engine tests' own build then takes seconds). scripts/test.sh runs this beside the static
+    checks and the first tests, where a build from nothing (PyPI, Debian's packages) waits on
+    the network more than it uses the CPU."""
+    stack = EngineStack(TEST_STACK, client, log)
+    declared = run_program(TEST_STACK)
+    tags = [str(image.inputs["imageName"]) for image in declared.images()]
+    existing = {tag for tag in tags if _image_exists(client, tag)}
+    built = stack.build_images(declared)
+    for tag in tags:
+        if tag not in existing:
+            client.images.remove(tag)
+    return built
+
+
+def _image_exists(client: docker.DockerClient, tag: str) -> bool:
+    try:
+        client.images.get(tag)
+    except docker.errors.ImageNotFound:
+        return False
+    return True
 
 
 def remove_standins(client: docker.DockerClient, log: Log = print) -> None:
