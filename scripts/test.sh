@@ -21,13 +21,17 @@ else
 fi
 export PATH="$PWD/.venv/bin:$PATH"
 
-if ((fast)); then
+static_checks() {
   echo "== ruff"
   ruff check .
   echo "== mypy"
   mypy
   echo "== workflow lint"
   bash scripts/lint_workflows.sh
+}
+
+if ((fast)); then
+  static_checks
   echo "== pytest"
   # `live` tests start real servers, `e2e` ones the whole process stack (root), `engine` ones
   # the stack on a Docker engine.
@@ -58,12 +62,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-echo "== ruff"
-ruff check .
-echo "== mypy"
-mypy
-echo "== workflow lint"
-bash scripts/lint_workflows.sh
+static_checks
 
 # A marker expression of the caller's (-m) picks the tests itself: one run, as asked.
 for arg in "$@"; do
