@@ -11,12 +11,11 @@ its address; only the imports were done before the fork. Cold starts stay covere
 matter (the process stack's and the engine's failover and restart tests).
 
 The fork server is multiprocessing's (single-threaded, so a fork of it is safe); its children
-die with it (PR_SET_PDEATHSIG), and it exits when the process that started it does.
+are stopped when it dies (PR_SET_PDEATHSIG), and it exits when the process that started it does.
 """
 
 from __future__ import annotations
 
-import ctypes
 import multiprocessing
 import multiprocessing.context
 import os
@@ -25,7 +24,6 @@ import signal
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-PR_SET_PDEATHSIG = 1
 # Imported in the fork server before its first fork: skops first (model.import_model_libraries
 # says why the order matters), then everything supervisor.preload() imports for a worker.
 PRELOAD = ["skops.io", "tests.app.warm_replica_preload"]
@@ -43,9 +41,10 @@ def _fork_server() -> multiprocessing.context.ForkServerContext:
 
 def _run(module: str, env: dict[str, str], log_path: str) -> None:
     """In the forked child: become what `python -m module` with `env` would be."""
+    from app.server.supervisor import _die_with_parent
+
     os.setsid()
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # not outlive the fork server
+    _die_with_parent()  # as the supervisor's forks: SIGTERM (a drain) when the fork server dies
     log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     os.dup2(log, 1)
     os.dup2(log, 2)
