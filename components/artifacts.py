@@ -54,7 +54,7 @@ class ArtifactStore(pulumi.ComponentResource):
             volumes=[docker.ContainerVolumeArgs(volume_name=self.volume.name, container_path=DATA_DIR)],
             network=network,
             aliases=[contract.MINIO_HOST],
-            health=healthcheck(HEALTH_TEST),
+            health=healthcheck(HEALTH_TEST, interval_s=settings.health_interval_s),
             wait_timeout_s=120,
             opts=pulumi.ResourceOptions(parent=self),
         )

@@ -87,7 +87,7 @@ class Balancer(pulumi.ComponentResource):
             ],
             network=network,
             aliases=[contract.BALANCER_HOST],
-            health=healthcheck(HEALTH_TEST, start_period_s=10),
+            health=healthcheck(HEALTH_TEST, interval_s=settings.health_interval_s, start_period_s=10),
             wait_timeout_s=60,
             stop_signal=STOP_SIGNAL,
             stop_grace_s=STOP_GRACE_S,

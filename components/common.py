@@ -59,8 +59,9 @@ REPLICA_PROBE = ["CMD", "python", "-m", contract.PROBE_MODULE]
 
 
 def healthcheck(
-    test: Sequence[str], *, interval_s: int = 10, timeout_s: int = 5, retries: int = 3, start_period_s: int = 30
+    test: Sequence[str], *, interval_s: int, timeout_s: int = 5, retries: int = 3, start_period_s: int = 30
 ) -> docker.ContainerHealthcheckArgs:
+    """A service's healthcheck; `interval_s` is the stack's healthIntervalSeconds."""
     return docker.ContainerHealthcheckArgs(
         tests=list(test),
         interval=f"{interval_s}s",

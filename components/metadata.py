@@ -60,7 +60,7 @@ class MetadataStore(pulumi.ComponentResource):
             volumes=[docker.ContainerVolumeArgs(volume_name=self.volume.name, container_path=DATA_DIR)],
             network=network,
             aliases=[contract.MYSQL_HOST],
-            health=healthcheck(HEALTH_TEST, start_period_s=START_PERIOD_S),
+            health=healthcheck(HEALTH_TEST, interval_s=settings.health_interval_s, start_period_s=START_PERIOD_S),
             wait_timeout_s=START_PERIOD_S + 120,
             opts=pulumi.ResourceOptions(parent=self),
         )

@@ -61,8 +61,8 @@ from components.common import REPLICA_PROBE, healthcheck, service_container, typ
 from stackconfig.names import ROLE_REPLICA, container_name, replica_resource, weight_alias
 from stackconfig.settings import GROUP_SHADOW, GpuSettings, ReplicaGroup, Settings
 
-# The replica image's HEALTHCHECK uses the same probe and timings (a test compares them).
-HEALTH_INTERVAL_S = 10
+# The replica image's HEALTHCHECK uses the same probe and timings, with the default
+# healthIntervalSeconds (a test compares them).
 HEALTH_TIMEOUT_S = 5
 
 
@@ -77,7 +77,7 @@ def wait_timeout_s(settings: Settings) -> int:
     """How long `pulumi up` waits for a new replica to be healthy (and a rollout per replica):
     the model load timeout, plus one probe interval and timeout for the probe that sees it
     ready (below Docker 25, start_interval is ignored and probes come every interval)."""
-    return settings.serving.model_load_timeout_s + HEALTH_INTERVAL_S + HEALTH_TIMEOUT_S
+    return settings.serving.model_load_timeout_s + settings.health_interval_s + HEALTH_TIMEOUT_S
 HEALTH_RETRIES = 3
 STOP_MARGIN_S = 5
 NVIDIA_DRIVER = "nvidia"
@@ -185,7 +185,7 @@ class ModelReplicas(pulumi.ComponentResource):
                     device_requests=device_requests,
                     health=healthcheck(
                         REPLICA_PROBE,
-                        interval_s=HEALTH_INTERVAL_S,
+                        interval_s=settings.health_interval_s,
                         timeout_s=HEALTH_TIMEOUT_S,
                         retries=HEALTH_RETRIES,
                         start_period_s=start_period_s(settings),

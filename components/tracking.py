@@ -128,7 +128,7 @@ class TrackingServer(pulumi.ComponentResource):
             ports=ports,
             network=network,
             aliases=[contract.MLFLOW_HOST],
-            health=healthcheck(HEALTH_TEST, start_period_s=START_PERIOD_S),
+            health=healthcheck(HEALTH_TEST, interval_s=settings.health_interval_s, start_period_s=START_PERIOD_S),
             wait_timeout_s=START_PERIOD_S + 120,
             opts=pulumi.ResourceOptions(parent=self, depends_on=[*depends_on, self.db_upgrade]),
         )

@@ -19,8 +19,9 @@ At 1 replica the same load also goes straight to a replica container with the sa
 environment (published on 127.0.0.1 for the report only, removed after), so the balancer's cost
 is a ratio of two measurements of one run.
 
-The replicas poll the registry at the stack default (pollIntervalSeconds), not at the test
-stack's 2 s: at 0.1 CPU a poll every 2 s alone was ~5 % of a replica's quota.
+The replicas poll the registry and are probed at the stack defaults (pollIntervalSeconds,
+healthIntervalSeconds), not at the test stack's 2 s: at 0.1 CPU a poll every 2 s alone was ~5 %
+of a replica's quota, and each probe is a process in the replica's cgroup.
 
 Writes <out>/engine-scaling.md (table), .csv and .png. Every wrk run is bounded by its duration;
 only loopback addresses are loaded. The stack (`enginetest`) is taken
@@ -122,6 +123,7 @@ def _report(max_replicas: int, duration: float, out_dir: Path, rounds: int) -> l
     port = _free_port()
     config: dict[str, object | None] = {"balancerPort": port, "replicaCpus": QUOTA, "replicas": 1, "weights": [1],
                                         "pollIntervalSeconds": DEFAULTS["pollIntervalSeconds"],
+                                        "healthIntervalSeconds": DEFAULTS["healthIntervalSeconds"],
                                         "balancerAlgorithm": DEFAULT_ALGORITHM}
     entry = f"http://127.0.0.1:{port}{contract.ROUTE_INVOCATIONS}"
     runs: dict[tuple[str, int], list[Point]] = {}

@@ -255,6 +255,7 @@ class Settings:
     docker_host: str | None
     train_demo_model: bool
     protect_data: bool
+    health_interval_s: int  # Docker healthcheck interval of every service and replica
     # What the config means but the user may not expect (see `load`, which logs each one).
     warnings: tuple[str, ...] = ()
     target: str = "docker"  # one of TARGETS
@@ -685,6 +686,7 @@ DOCKER_ONLY_KEYS = {
     "mlflowUiPort": "it publishes MLflow on the Docker host's loopback; on a cluster use "
     "`kubectl port-forward svc/mlflow 5000` (MLflow accepts localhost:5000)",
     "balancerBindIp": "a Kubernetes Service has no bind address; choose balancerServiceType instead",
+    "healthIntervalSeconds": "it sets the Docker healthchecks' interval; the cluster's pods keep their probes' own periods",
     # The Docker target uploads these files beside nginx.conf; the cluster's balancer mounts only
     # its ConfigMap so far (no Secret for keys or certificates yet).
     "apiKeys": "the cluster's nginx pods do not mount the API keys file yet (Docker target only for now)",
@@ -725,6 +727,8 @@ def _check_target_keys(target: str, get: Callable[[str], Any]) -> None:
         return
     for key, reason in DOCKER_ONLY_KEYS.items():
         value = get(key)
+        if SCHEMA[key].type == "integer" and isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            value = int(value)  # integers arrive as the CLI's strings (`_decode` leaves them to `_int`)
         if value is not None and value != SCHEMA[key].default:
             raise ConfigError(key, f"is not used when target is 'kubernetes': {reason}")
     mode = get("gpuMode")
@@ -955,6 +959,7 @@ def parse(stack: str, raw: Mapping[str, Any], secret_keys: Collection[str] = ())
         docker_host=docker_host,
         train_demo_model=_bool("trainDemoModel", get("trainDemoModel")),
         protect_data=_bool("protectData", get("protectData")),
+        health_interval_s=_int("healthIntervalSeconds", get("healthIntervalSeconds"), 1, 300),
         warnings=tuple(warnings),
         target=target,
         kubernetes=kubernetes,

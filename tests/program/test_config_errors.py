@@ -39,6 +39,8 @@ INVALID: list[tuple[dict[str, object], str, tuple[str, ...]]] = [
     ({"dockerHost": "gpu-box"}, "dockerHost", ("ssh://",)),
     ({"trainDemoModel": "yes"}, "trainDemoModel", ("true or false",)),
     ({"predictKernels": "maybe"}, "predictKernels", ("true or false",)),
+    ({"healthIntervalSeconds": 0}, "healthIntervalSeconds", ("1 to 300",)),
+    ({"healthIntervalSeconds": "often"}, "healthIntervalSeconds", ("whole number", "1 to 300")),
     ({"replicsa": 3}, "replicsa", ("not a known key", "replicas")),
 ]
 

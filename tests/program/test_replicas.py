@@ -8,8 +8,9 @@ import pytest
 
 from app import contract
 from app.server import probe
-from components.replicas import HEALTH_INTERVAL_S, HEALTH_TIMEOUT_S
+from components.replicas import HEALTH_TIMEOUT_S
 from mockrun import CONTAINER_TYPE, DeclaredStack, run_program
+from stackconfig.settings import DEFAULTS
 from tests.program.helpers import env_map
 
 
@@ -123,7 +124,7 @@ def test_replicas_roll_one_at_a_time(any_stack: DeclaredStack) -> None:
         assert previous.name in replica.depends_on
         assert [d for d in replica.depends_on if re.fullmatch(r"replica-\d+", d)] == [previous.name]
     for replica in replicas:
-        assert replica.inputs["wait"] is True and replica.inputs["waitTimeout"] == 120 + HEALTH_INTERVAL_S + HEALTH_TIMEOUT_S
+        assert replica.inputs["wait"] is True and replica.inputs["waitTimeout"] == 120 + DEFAULTS["healthIntervalSeconds"] + HEALTH_TIMEOUT_S
         assert replica.inputs["healthcheck"]["tests"]
 
 
