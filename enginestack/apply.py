@@ -17,10 +17,11 @@ What it does, and what pulumi-docker would do in its place:
   delete-before-replace does; `restart`, `memory` and `memory_swap` changes are applied in place
   (`docker update`), as the provider updates them. A service found stopped is started again
   (Pulumi would notice it only with `--refresh`).
-- Steps run one at a time in dependency order (the SDK's dependencies, components expanded to
-  their children), and a create with `wait` waits for "healthy" up to `wait_timeout`, so the
-  replicas' `depends_on` chain rolls them one at a time exactly as the program intends. Pulumi
-  runs independent steps in parallel; with this program only unrelated services differ.
+- Steps run as Pulumi's engine runs them: each once every resource it depends on is done (the
+  SDK's dependencies, components expanded to their children), independent ones in parallel; after
+  a failure nothing new starts, what runs finishes, and the first error is raised. A create with
+  `wait` waits for "healthy" up to `wait_timeout`, so the replicas' `depends_on` chain rolls them
+  one at a time exactly as the program intends, while unrelated services start side by side.
 - Containers no longer declared are deleted last, in reverse order of their roles (replicas
   from the highest index down).
 - RandomPassword/RandomString values are the mocks' fixed strings: stacks brought up this way are
@@ -33,6 +34,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,8 +88,8 @@ def inputs_digest(inputs: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _order(declared: DeclaredStack) -> list[DeclaredResource]:
-    """Custom Docker resources in dependency order (Kahn; ties in declaration order)."""
+def _graph(declared: DeclaredStack) -> tuple[list[DeclaredResource], dict[str, set[str]]]:
+    """The custom Docker resources, and for each (by URN) the URNs of those it depends on."""
     by_urn = {r.urn: r for r in declared}
     children: dict[str, list[str]] = {}
     for r in declared:
@@ -107,6 +109,12 @@ def _order(declared: DeclaredStack) -> list[DeclaredResource]:
     kinds = (CONTAINER, IMAGE, NETWORK, VOLUME)
     nodes = [r for r in declared if r.type in kinds]
     deps = {r.urn: {d for dep in r.dependency_urns if dep in by_urn for d in customs(dep)} & {n.urn for n in nodes} for r in nodes}
+    return nodes, deps
+
+
+def _order(declared: DeclaredStack) -> list[DeclaredResource]:
+    """Custom Docker resources in dependency order (Kahn; ties in declaration order)."""
+    nodes, deps = _graph(declared)
     order: list[DeclaredResource] = []
     done: set[str] = set()
     while len(order) < len(nodes):
@@ -292,22 +300,58 @@ class EngineStack:
 
     def apply(self, declared: DeclaredStack, built: dict[str, Built] | None = None) -> Applied:
         applied = Applied(declared=declared, built=dict(built or {}))
-        wanted: set[str] = set()
-        for r in _order(declared):
-            if r.type == NETWORK:
-                applied.steps.append(self._ensure_network(r))
-            elif r.type == VOLUME:
-                applied.steps.append(self._ensure_volume(r))
-            elif r.type == CONTAINER:
-                step = self._apply_container(r)
-                applied.steps.append(step)
-                wanted.add(step.name)
+        order = _order(declared)  # raises on a dependency cycle before anything is applied
+        steps = self._apply_graph(declared)
+        # Steps listed in dependency order, whatever order the parallel ones finished in.
+        applied.steps.extend(steps[r.urn] for r in order if r.urn in steps)
+        wanted = {steps[r.urn].name for r in order if r.type == CONTAINER}
         for container in self._deletion_order([c for c in self.running() if c.name not in wanted]):
             role = (container.labels or {}).get(LABEL_ROLE)
             self.log(f"delete {container.name}")
             self.delete_container(container)
             applied.steps.append(Step("delete", container.name, role, "no longer declared"))
         return applied
+
+    def _apply_graph(self, declared: DeclaredStack) -> dict[str, Step]:
+        """Every declared network, volume and container, each started once all it depends on is
+        done; returns their steps by URN. Images are built before (`declare`)."""
+        nodes, deps = _graph(declared)
+        steps: dict[str, Step] = {}
+        done: set[str] = set()
+        pending = list(nodes)
+        running: dict[Future[Step | None], str] = {}
+        error: BaseException | None = None
+        with ThreadPoolExecutor(max_workers=max(1, len(nodes)), thread_name_prefix="apply") as pool:
+            while True:
+                if error is None:
+                    for r in [r for r in pending if deps[r.urn] <= done]:
+                        pending.remove(r)
+                        running[pool.submit(self._apply_one, r)] = r.urn
+                if not running:
+                    break
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    urn = running.pop(future)
+                    try:
+                        step = future.result()
+                    except BaseException as exc:  # noqa: BLE001 - the first error is raised once the rest finished
+                        error = error or exc
+                    else:
+                        done.add(urn)
+                        if step is not None:  # images have none here: `declare` built them
+                            steps[urn] = step
+        if error is not None:
+            raise error
+        return steps
+
+    def _apply_one(self, r: DeclaredResource) -> Step | None:
+        if r.type == NETWORK:
+            return self._ensure_network(r)
+        if r.type == VOLUME:
+            return self._ensure_volume(r)
+        if r.type == CONTAINER:
+            return self._apply_container(r)
+        return None
 
     def _apply_container(self, r: DeclaredResource) -> Step:
         name = str(r.inputs["name"])

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import io
 import tarfile
+import threading
+from types import SimpleNamespace
 
 import pytest
 
 from enginestack import mapping
-from enginestack.apply import _order, inputs_digest
-from mockrun import DeclaredStack, run_program
+from enginestack.apply import ApplyError, EngineStack, Step, _graph, _order, inputs_digest
+from mockrun import DeclaredResource, DeclaredStack, run_program
 from stackconfig.names import ROLE_BALANCER, ROLE_REPLICA
 
 
@@ -116,6 +118,64 @@ def test_dependency_order_follows_the_declared_chain(dev: DeclaredStack) -> None
     assert order.index("minio") < order.index("minio-bucket") < order.index("mlflow")
     assert order.index("replica-0") < order.index("replica-1")
     assert order.index("replica-image") < order.index("trainer")
+
+
+class Recording(EngineStack):
+    """The applier's scheduling with every step recorded instead of sent to an engine."""
+
+    def __init__(self, hold: dict[str, str] | None = None, fail: str | None = None) -> None:
+        super().__init__("dev", client=SimpleNamespace(api=None), log=lambda line: None)  # type: ignore[arg-type]
+        self.hold = hold or {}  # step -> the step that must have started before it may finish
+        self.fail = fail
+        self.lock = threading.Lock()
+        self.started: dict[str, threading.Event] = {}
+        self.events: list[tuple[str, str]] = []
+        self.waited_in_vain: list[str] = []
+
+    def _event(self, name: str) -> threading.Event:
+        with self.lock:
+            return self.started.setdefault(name, threading.Event())
+
+    def _apply_one(self, r: DeclaredResource) -> Step | None:
+        with self.lock:
+            self.events.append(("start", r.name))
+        self._event(r.name).set()
+        if r.name in self.hold and not self._event(self.hold[r.name]).wait(timeout=10):
+            self.waited_in_vain.append(r.name)
+        if r.name == self.fail:
+            raise ApplyError(f"{r.name} failed")
+        with self.lock:
+            self.events.append(("end", r.name))
+        return Step("create", r.name)
+
+    def running(self) -> list[object]:
+        return []
+
+
+def test_independent_steps_run_side_by_side_and_each_waits_for_what_it_depends_on(dev: DeclaredStack) -> None:
+    # mysql finishes only once minio has started: run one at a time, it would wait in vain.
+    stack = Recording(hold={"mysql": "minio", "minio": "mysql"})
+    steps = stack.apply(dev).steps
+    assert stack.waited_in_vain == []
+    nodes, deps = _graph(dev)
+    names = {r.urn: r.name for r in nodes}
+    assert {s.name for s in steps} == set(names.values()) >= {"net", "mysql", "minio", "balancer", "replica-0"}
+    ends = [name for kind, name in stack.events if kind == "end"]
+    for r in nodes:
+        start = stack.events.index(("start", r.name))
+        for dep in deps[r.urn]:
+            assert stack.events.index(("end", names[dep])) < start, f"{r.name} started before {names[dep]} was done"
+    assert ends.index("replica-0") < [n for k, n in stack.events if k == "start"].index("replica-1")
+    assert [s.name for s in steps] == [r.name for r in _order(dev) if r.name in {s.name for s in steps}]
+
+
+def test_after_a_failed_step_nothing_new_starts_and_the_error_is_raised(dev: DeclaredStack) -> None:
+    stack = Recording(fail="mysql")
+    with pytest.raises(ApplyError, match="mysql failed"):
+        stack.apply(dev)
+    started = {name for kind, name in stack.events if kind == "start"}
+    assert "mysql" in started
+    assert not started & {"mlflow", "trainer", "replica-0", "replica-1"}, started
 
 
 def test_in_place_inputs_do_not_replace() -> None:
