@@ -18,7 +18,8 @@ What it does, and what pulumi-docker would do in its place:
   (`docker update`), as the provider updates them. A service found stopped is started again
   (Pulumi would notice it only with `--refresh`).
 - Steps run as Pulumi's engine runs them: each once every resource it depends on is done (the
-  SDK's dependencies, components expanded to their children), independent ones in parallel; after
+  SDK's dependencies, components expanded to their children), independent ones in parallel (at
+  most PARALLEL_STEPS at once, the engine's default); after
   a failure nothing new starts, what runs finishes, and the first error is raised. A create with
   `wait` waits for "healthy" up to `wait_timeout`, so the replicas' `depends_on` chain rolls them
   one at a time exactly as the program intends, while unrelated services start side by side.
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -57,6 +59,8 @@ IN_PLACE = ("restart", "maxRetryCount", "memory", "memorySwap", "memoryReservati
 # Inputs that steer the provider, not the container: changing them replaces nothing.
 BEHAVIOUR = ("wait", "waitTimeout", "destroyGraceSeconds", "mustRun", "attach", "logs", "start", "removeVolumes")
 HEALTH_POLL_S = 1.0  # the provider polls the health status once a second
+# Steps at once: the Pulumi engine's default parallelism (4 x the machine's cores).
+PARALLEL_STEPS = 4 * (os.cpu_count() or 1)
 
 Log = Callable[[str], None]
 
@@ -321,7 +325,7 @@ class EngineStack:
         pending = list(nodes)
         running: dict[Future[Step | None], str] = {}
         error: BaseException | None = None
-        with ThreadPoolExecutor(max_workers=max(1, len(nodes)), thread_name_prefix="apply") as pool:
+        with ThreadPoolExecutor(max_workers=PARALLEL_STEPS, thread_name_prefix="apply") as pool:
             while True:
                 if error is None:
                     for r in [r for r in pending if deps[r.urn] <= done]:
