@@ -1,7 +1,8 @@
 """SIGKILL replicas again and again under load through nginx, and count what clients lose.
 
 Usage: python tests/app/kill_scenario.py WORKDIR [--kills N] [--threads T] [--max-seconds S]
-(prints one JSON object)
+       python tests/app/kill_scenario.py WORKDIR --case WORKERS:TARGET:KILLS [--case ...]
+(prints one JSON object; with --case, one result per case under "cases")
 
 What runs: an MLflow tracking server with the demo model, two real replicas (`app.server`,
 started warm: warm_replica.py) on 127.0.0.21 and 127.0.0.22 at the replica port, the nginx conf the balancer
@@ -16,6 +17,8 @@ is counted: an answer other than 200, or a broken one (a truncated body), is a f
 Binds 127.0.0.11:53, so test_replica_kill.py runs it in a private network namespace
 (`unshare -n`), where it can neither collide with a process stack on this machine nor leave
 anything behind. Bounded by --kills and --max-seconds; everything started is stopped.
+Several cases (`--case`) run one after the other on one tracking server, model, DNS stand-in
+and nginx, each with its own replicas: the set-up is about 30 s of a case's run on two cores.
 """
 
 from __future__ import annotations
@@ -29,8 +32,10 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 import urllib.request
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -149,36 +154,80 @@ class Load:
             conn.close()
 
 
-def main(workdir: Path, kills: int, threads: int, max_seconds: float, workers: int = 1,
-         target: str = "replica", module: str = contract.REPLICA_MODULE) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Case:
     """`target`: what is SIGKILLed - the replica's process (with several serving processes, the
     supervisor: its workers must go with it), or one serving process of a replica of several
-    (`worker`: the replica must stay ready and replace it while the load goes on).
+    (`worker`: the replica must stay ready and replace it while the load goes on)."""
+
+    workers: int
+    target: str
+    kills: int
+
+    @classmethod
+    def parse(cls, text: str) -> Case:
+        workers, target, kills = text.split(":")
+        if target not in ("replica", "worker"):
+            raise ValueError(f"--case {text!r}: the target is replica or worker")
+        return cls(int(workers), target, int(kills))
+
+    @property
+    def name(self) -> str:
+        return f"{self.workers}proc-{self.target}"
+
+
+def main(workdir: Path, cases: list[Case], threads: int, max_seconds: float,
+         module: str = contract.REPLICA_MODULE) -> dict[str, Any]:
+    """Each case in turn on one tracking server, nginx and DNS stand-in. A case that fails
+    (a replica that never gets ready) is reported with its traceback and the next one runs.
     `module`: what runs as a replica (another one shows that the scenario catches what it is
     about: benchmarks.replica_two_writes, the protocol before one write per response)."""
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / STATUS_DIR).mkdir(exist_ok=True)
     (workdir / "nginx.conf").write_text(render(parse("dev", SCENARIO_CONFIG)))
-    procs: dict[str, WarmProc] = {}
-    started: list[WarmProc] = []
+    tracking: rp.Proc | None = None
     dns: DNSServer | None = None
     nginx: subprocess.Popen[bytes] | None = None
-    nginx_log = (workdir / "nginx.out").open("wb")
+    results: list[dict[str, Any]] = []
+    with (workdir / "nginx.out").open("wb") as nginx_log:
+        try:
+            tracking = rp.start_tracking_server(workdir / "mlflow")
+            rp.train(tracking.url, MODEL, ALIAS)
+            dns = serve_dns(Table({weight_alias(1): list(REPLICAS)}))
+            nginx = subprocess.Popen(nginx_command(workdir), stdout=nginx_log, stderr=subprocess.STDOUT)
+            for case in cases:
+                try:
+                    results.append(run_case(case, tracking.url, workdir / case.name, threads, max_seconds, module))
+                except Exception:  # noqa: BLE001 - reported in the result; the next case still runs
+                    results.append({"case": case.name, "error": traceback.format_exc()[-3000:]})
+        finally:
+            if nginx is not None:
+                stop(nginx)
+            if dns is not None:
+                dns.stop()
+            if tracking is not None:
+                tracking.stop()
+    return {"cases": results}
+
+
+def run_case(case: Case, tracking_url: str, logs: Path, threads: int, max_seconds: float, module: str) -> dict[str, Any]:
+    """Two replicas started for this case, killed `case.kills` times under load, stopped."""
+    logs.mkdir(parents=True, exist_ok=True)
+    workers, target, kills = case.workers, case.target, case.kills
+    STOP.clear()
+    GO.clear()
+    procs: dict[str, WarmProc] = {}
+    started: list[WarmProc] = []
     load = Load(threads)
-    result: dict[str, Any] = {"kills_asked": kills, "served_before_kill": SERVED_BEFORE_KILL, "workers": workers,
-                              "target": target}
+    result: dict[str, Any] = {"case": case.name, "kills_asked": kills, "served_before_kill": SERVED_BEFORE_KILL,
+                              "workers": workers, "target": target}
     probe = ReadyProbe()
     kill_log: list[dict[str, Any]] = []
     try:
-        tracking = rp.start_tracking_server(workdir / "mlflow")
-        started.append(tracking)
-        rp.train(tracking.url, MODEL, ALIAS)
         generation = 0
         for address in REPLICAS:
-            procs[address] = start_replica(tracking.url, address, workdir, generation, workers, module)
+            procs[address] = start_replica(tracking_url, address, logs, generation, workers, module)
             started.append(procs[address])
-        dns = serve_dns(Table({weight_alias(1): list(REPLICAS)}))
-        nginx = subprocess.Popen(nginx_command(workdir), stdout=nginx_log, stderr=subprocess.STDOUT)
         for address in REPLICAS:
             wait_until(lambda a=address: _ready(a), READY_DEADLINE_S, f"{address} ready", procs[address])
         if workers > 1:
@@ -223,7 +272,7 @@ def main(workdir: Path, kills: int, threads: int, max_seconds: float, workers: i
             GO.clear()
             proc.stop()
             generation += 1
-            procs[victim] = start_replica(tracking.url, victim, workdir, generation, workers, module)
+            procs[victim] = start_replica(tracking_url, victim, logs, generation, workers, module)
             started.append(procs[victim])
             wait_until(lambda v=victim: _ready(v), READY_DEADLINE_S, f"{victim} ready again after kill {k + 1}", procs[victim])
             GO.set()
@@ -231,14 +280,9 @@ def main(workdir: Path, kills: int, threads: int, max_seconds: float, workers: i
     finally:
         STOP.set()
         GO.set()
-        for t in load.threads:
+        for t in [*load.threads, probe.thread]:
             if t.is_alive():
                 t.join(60)
-        if nginx is not None:
-            stop(nginx)
-        nginx_log.close()
-        if dns is not None:
-            dns.stop()
         for p in reversed(started):
             p.stop()
     result["kills"] = len(kill_log)
@@ -263,17 +307,19 @@ def _ready(address: str) -> bool:
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("workdir", type=Path)
-    ap.add_argument("--kills", type=int, default=20)
+    ap.add_argument("--kills", type=int, default=20, help="one case: kills of --workers/--target (without --case)")
     ap.add_argument("--threads", type=int, default=8)
     ap.add_argument("--max-seconds", type=float, default=600.0, help="no new kill after this long")
     ap.add_argument("--workers", type=int, default=1, help="serving processes per replica (MLSERVE_WORKERS)")
     ap.add_argument("--target", choices=("replica", "worker"), default="replica",
                     help="SIGKILL the replica's process, or one serving process of a replica of several")
+    ap.add_argument("--case", type=Case.parse, action="append", default=[],
+                    help="WORKERS:TARGET:KILLS, for example 1:replica:100; repeat for several cases")
     ap.add_argument("--replica-module", default=contract.REPLICA_MODULE,
                     help="what runs as a replica (python -m): benchmarks.replica_two_writes is the protocol "
                          "before one write per response, which this scenario must catch")
     args = ap.parse_args()
-    print(json.dumps(main(args.workdir, args.kills, args.threads, args.max_seconds, args.workers, args.target,
-                          args.replica_module)))
+    cases = args.case or [Case(args.workers, args.target, args.kills)]
+    print(json.dumps(main(args.workdir, cases, args.threads, args.max_seconds, args.replica_module)))
     sys.stdout.flush()
     os._exit(0)  # the DNS stand-in's daemon threads need not be joined
