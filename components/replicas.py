@@ -78,6 +78,8 @@ def wait_timeout_s(settings: Settings) -> int:
     the model load timeout, plus one probe interval and timeout for the probe that sees it
     ready (below Docker 25, start_interval is ignored and probes come every interval)."""
     return settings.serving.model_load_timeout_s + settings.health_interval_s + HEALTH_TIMEOUT_S
+
+
 HEALTH_RETRIES = 3
 STOP_MARGIN_S = 5
 NVIDIA_DRIVER = "nvidia"
