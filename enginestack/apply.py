@@ -118,7 +118,10 @@ def _graph(declared: DeclaredStack) -> tuple[list[DeclaredResource], dict[str, s
 
 def _order(declared: DeclaredStack) -> list[DeclaredResource]:
     """Custom Docker resources in dependency order (Kahn; ties in declaration order)."""
-    nodes, deps = _graph(declared)
+    return _dependency_order(*_graph(declared))
+
+
+def _dependency_order(nodes: list[DeclaredResource], deps: dict[str, set[str]]) -> list[DeclaredResource]:
     order: list[DeclaredResource] = []
     done: set[str] = set()
     while len(order) < len(nodes):
@@ -304,8 +307,9 @@ class EngineStack:
 
     def apply(self, declared: DeclaredStack, built: dict[str, Built] | None = None) -> Applied:
         applied = Applied(declared=declared, built=dict(built or {}))
-        order = _order(declared)  # raises on a dependency cycle before anything is applied
-        steps = self._apply_graph(declared)
+        nodes, deps = _graph(declared)
+        order = _dependency_order(nodes, deps)  # raises on a dependency cycle before anything is applied
+        steps = self._apply_graph(nodes, deps)
         # Steps listed in dependency order, whatever order the parallel ones finished in.
         applied.steps.extend(steps[r.urn] for r in order if r.urn in steps)
         wanted = {steps[r.urn].name for r in order if r.type == CONTAINER}
@@ -316,10 +320,9 @@ class EngineStack:
             applied.steps.append(Step("delete", container.name, role, "no longer declared"))
         return applied
 
-    def _apply_graph(self, declared: DeclaredStack) -> dict[str, Step]:
+    def _apply_graph(self, nodes: list[DeclaredResource], deps: dict[str, set[str]]) -> dict[str, Step]:
         """Every declared network, volume and container, each started once all it depends on is
         done; returns their steps by URN. Images are built before (`declare`)."""
-        nodes, deps = _graph(declared)
         steps: dict[str, Step] = {}
         done: set[str] = set()
         pending = list(nodes)
