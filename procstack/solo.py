@@ -46,6 +46,14 @@ def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
         return e.code, e.read()
 
 
+def log_tail(path: Path, n: int = 4000) -> str:
+    """The last `n` bytes of a process's log, or "" when there is none yet."""
+    try:
+        return path.read_bytes()[-n:].decode(errors="replace")
+    except OSError:
+        return ""
+
+
 @dataclass
 class Proc:
     name: str
@@ -89,10 +97,7 @@ class Proc:
         raise TimeoutError(f"{self.name}: {path} not {want} within {deadline_s}s (last: {last}); log tail:\n{self.tail()}")
 
     def tail(self, n: int = 4000) -> str:
-        try:
-            return self.log_path.read_bytes()[-n:].decode(errors="replace")
-        except OSError:
-            return ""
+        return log_tail(self.log_path, n)
 
     def signal(self, sig: int) -> None:
         if self.alive():

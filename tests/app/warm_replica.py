@@ -23,6 +23,8 @@ import runpy
 import signal
 from pathlib import Path
 
+from procstack.solo import log_tail
+
 ROOT = Path(__file__).resolve().parents[2]
 # Imported in the fork server before its first fork: skops first (model.import_model_libraries
 # says why the order matters), then everything supervisor.preload() imports for a worker.
@@ -86,10 +88,7 @@ class WarmProc:
         return self.process.exitcode
 
     def tail(self, n: int = 4000) -> str:
-        try:
-            return self.log_path.read_bytes()[-n:].decode(errors="replace")
-        except OSError:
-            return ""
+        return log_tail(self.log_path, n)
 
     def stop(self, timeout: float = 15.0) -> int | None:
         if self.process.pid is None:
