@@ -53,7 +53,7 @@ from dataclasses import dataclass
 
 from app import contract
 from stackconfig.names import DEFAULT_GROUP, service_host, upstream_name, weight_alias
-from stackconfig.settings import GROUP_CANARY, GROUP_SHADOW, MAX_WEIGHT, ReplicaGroup, Settings
+from stackconfig.settings import GROUP_CANARY, GROUP_SHADOW, MAX_WEIGHT, WORKER_PROCESSES_AUTO, ReplicaGroup, Settings
 
 # Docker's embedded DNS server on user-defined networks. The local stack runner binds a
 # stand-in on the same address, so the line is never rewritten.
@@ -490,13 +490,19 @@ def _mirror_relay(settings: Settings) -> list[str]:
     return lines
 
 
+def _worker_processes(settings: Settings) -> str | int:
+    if settings.kubernetes is not None:
+        return CLUSTER_WORKER_PROCESSES
+    return settings.balancer.worker_processes or WORKER_PROCESSES_AUTO
+
+
 def render(settings: Settings) -> str:
     """The main nginx.conf. Pure: the same settings give the same text."""
     errors = balancer_errors(settings)
     shadows = _mirrored(settings)
     lines = [
         "# Rendered by nginx/render.py from the stack's config; edit the config, not this file.",
-        f"worker_processes {'auto' if settings.kubernetes is None else CLUSTER_WORKER_PROCESSES};",
+        f"worker_processes {_worker_processes(settings)};",
         # Main level: startup and process errors only (see the module docstring).
         f"error_log stderr {MAIN_ERROR_LOG_LEVEL};",
         "",

@@ -32,6 +32,9 @@ MIN_MEMORY_MB = 512
 MIN_SHM_MB = 64
 GPU_MODES = ("none", "all", "count", "devices")
 BALANCER_ALGORITHMS = ("round_robin", "least_conn")
+# balancerWorkerProcesses: nginx's own word for one worker per CPU, or a count up to this.
+WORKER_PROCESSES_AUTO = "auto"
+MAX_WORKER_PROCESSES = 64
 # nginx waits this much longer than a replica may score, so that the replica's own 504
 # (JSON, with the request id) reaches the client rather than nginx's.
 READ_TIMEOUT_MARGIN_S = 1
@@ -165,6 +168,7 @@ class BalancerSettings:
     port: int  # published on the host
     bind_ip: str
     algorithm: str  # one of BALANCER_ALGORITHMS
+    worker_processes: int | None  # nginx workers on the Docker host; None: auto (one per CPU)
     max_fails: int
     fail_timeout_s: int
     connect_timeout_s: int
@@ -356,6 +360,16 @@ def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> str:
     if value not in allowed:
         raise ConfigError(key, f"must be one of {', '.join(allowed)}; got {value!r}")
     return str(value)
+
+
+def _worker_processes(value: Any) -> int | None:
+    if value == WORKER_PROCESSES_AUTO:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).isdigit() \
+            or not 1 <= int(value) <= MAX_WORKER_PROCESSES:
+        raise ConfigError("balancerWorkerProcesses", f"must be {WORKER_PROCESSES_AUTO} or a whole number from 1 to "
+                                                     f"{MAX_WORKER_PROCESSES}, got {value!r}")
+    return int(value)
 
 
 def _bool(key: str, value: Any) -> bool:
@@ -687,6 +701,7 @@ DOCKER_ONLY_KEYS = {
     "`kubectl port-forward svc/mlflow 5000` (MLflow accepts localhost:5000)",
     "balancerBindIp": "a Kubernetes Service has no bind address; choose balancerServiceType instead",
     "healthIntervalSeconds": "it sets the Docker healthchecks' interval; the cluster's pods keep their probes' own periods",
+    "balancerWorkerProcesses": "the cluster's balancer is 2 pods of 2 nginx workers, each pod with 2 CPUs",
     # The Docker target uploads these files beside nginx.conf; the cluster's balancer mounts only
     # its ConfigMap so far (no Secret for keys or certificates yet).
     "apiKeys": "the cluster's nginx pods do not mount the API keys file yet (Docker target only for now)",
@@ -925,6 +940,7 @@ def parse(stack: str, raw: Mapping[str, Any], secret_keys: Collection[str] = ())
         port=_int("balancerPort", get("balancerPort"), 1, 65535),
         bind_ip=_ipv4("balancerBindIp", get("balancerBindIp")),
         algorithm=_choice("balancerAlgorithm", get("balancerAlgorithm"), BALANCER_ALGORITHMS),
+        worker_processes=_worker_processes(get("balancerWorkerProcesses")),
         max_fails=_int("balancerMaxFails", get("balancerMaxFails"), 1, 100),
         fail_timeout_s=_int("balancerFailTimeoutSeconds", get("balancerFailTimeoutSeconds"), 1, 3600),
         connect_timeout_s=_int("balancerConnectTimeoutSeconds", get("balancerConnectTimeoutSeconds"), 1, 600),

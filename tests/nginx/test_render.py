@@ -67,6 +67,13 @@ def test_algorithm() -> None:
     assert render(settings(balancerAlgorithm="least_conn")).count("least_conn;") == 1
 
 
+def test_worker_processes() -> None:
+    assert re.search(r"^worker_processes auto;$", render(settings()), flags=re.M)
+    # The CLI hands every value over as a string.
+    assert re.search(r"^worker_processes 1;$", render(settings(balancerWorkerProcesses="1")), flags=re.M)
+    assert re.search(r"^worker_processes 4;$", render(settings(balancerWorkerProcesses=4)), flags=re.M)
+
+
 def test_failover_retries_errors_timeouts_502_503_and_posts() -> None:
     conf = render(settings(balancerConnectTimeoutSeconds=3, balancerReadTimeoutSeconds=40))
     (line,) = re.findall(r"proxy_next_upstream (.*);", conf)
