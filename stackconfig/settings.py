@@ -701,7 +701,7 @@ DOCKER_ONLY_KEYS = {
     "`kubectl port-forward svc/mlflow 5000` (MLflow accepts localhost:5000)",
     "balancerBindIp": "a Kubernetes Service has no bind address; choose balancerServiceType instead",
     "healthIntervalSeconds": "it sets the Docker healthchecks' interval; the cluster's pods keep their probes' own periods",
-    "balancerWorkerProcesses": "the cluster's balancer is 2 pods of 2 nginx workers, each pod with 2 CPUs",
+    "balancerWorkerProcesses": "the cluster's balancer pods run a fixed number of nginx workers, one per CPU of the pod",
     # The Docker target uploads these files beside nginx.conf; the cluster's balancer mounts only
     # its ConfigMap so far (no Secret for keys or certificates yet).
     "apiKeys": "the cluster's nginx pods do not mount the API keys file yet (Docker target only for now)",

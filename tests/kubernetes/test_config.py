@@ -29,7 +29,7 @@ INVALID: list[Case] = [
     ("cluster", {"mlflowUiPort": 5000}, SECRETS, "mlflowUiPort", ("not used when target is 'kubernetes'", "port-forward")),
     ("cluster", {"balancerBindIp": "127.0.0.1"}, SECRETS, "balancerBindIp", ("not used when target is 'kubernetes'", "balancerServiceType")),
     ("cluster", {"healthIntervalSeconds": 2}, SECRETS, "healthIntervalSeconds", ("not used when target is 'kubernetes'", "probes")),
-    ("cluster", {"balancerWorkerProcesses": "1"}, SECRETS, "balancerWorkerProcesses", ("not used when target is 'kubernetes'", "2 pods")),
+    ("cluster", {"balancerWorkerProcesses": "1"}, SECRETS, "balancerWorkerProcesses", ("not used when target is 'kubernetes'", "one per CPU of the pod")),
     ("cluster", {"gpuMode": "all"}, SECRETS, "gpuMode", ("Docker-only", "gpuMode count")),
     ("cluster", {"gpuMode": "devices", "gpuDeviceIds": ["0", "1"]}, SECRETS, "gpuMode", ("Docker-only", "device plugin")),
     ("cluster", {"gpuDeviceIds": ["0"]}, SECRETS, "gpuDeviceIds", ("not used when target is 'kubernetes'",)),
