@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -15,6 +17,7 @@ import httpx
 import pytest
 
 from app import contract
+from mockrun import PROJECT_ROOT
 from procstack import solo as rp
 from tests.support import wait_until
 
@@ -155,13 +158,14 @@ def test_failed_load_keeps_old_version(promo_replica: rp.Proc, versions: dict[st
 
 @pytest.mark.parametrize("workers", ["1", "2"], ids=["1proc", "2proc"])
 def test_replica_waits_for_a_model(tracking: rp.Proc, workdir: Path, workers: str) -> None:
-    """No such model yet: the replica runs, /ready is 503, /health says why, and once the
-    model is registered it loads it by itself."""
+    """No such model yet: the replica runs, /ready is 503 (and the health probe fails), /health
+    says why, and once the model is registered it loads it by itself."""
     name = f"iris-late-{os.getpid()}-{workers}"
     proc = rp.start_replica(tracking.url, name, ALIAS, workdir, wait_ready=False, **{contract.ENV_WORKERS: workers})
     try:
         proc.wait_http(contract.ROUTE_HEALTH, 60)
         assert httpx.get(proc.url + contract.ROUTE_READY, timeout=10).status_code == 503
+        assert _probe(proc, 0) == (1, f"not ready: {contract.ROUTE_READY} answered 503")
         r = httpx.post(proc.url + contract.ROUTE_INVOCATIONS, content=BODY,
                        headers={"Content-Type": "application/json"}, timeout=10)
         assert r.status_code == 503 and r.headers.get("retry-after")
@@ -172,5 +176,22 @@ def test_replica_waits_for_a_model(tracking: rp.Proc, workdir: Path, workers: st
         assert out["version"] == "1"
         proc.wait_http(contract.ROUTE_READY, 90)
         assert _health(proc)["model"]["version"] == "1"
+        # The healthcheck: ready is enough without a rotation grace; with one, ready is not yet
+        # healthy until an invocation was answered (by either process).
+        assert _probe(proc, 0) == (0, "")
+        assert _probe(proc, 3600) == (1, "ready, not yet in rotation: no invocation answered yet")
+        r = httpx.post(proc.url + contract.ROUTE_INVOCATIONS, content=BODY,
+                       headers={"Content-Type": "application/json"}, timeout=10)
+        assert r.status_code == 200
+        assert _probe(proc, 3600) == (0, "")
     finally:
         proc.stop()
+
+
+def _probe(proc: rp.Proc, rotation_grace_s: int) -> tuple[int, str]:
+    """The replica image's HEALTHCHECK command against `proc`: (exit status, what it said)."""
+    env = {"PATH": "/usr/bin:/bin", contract.ENV_PORT: proc.url.rsplit(":", 1)[1],
+           contract.ENV_ROTATION_GRACE_S: str(rotation_grace_s)}
+    done = subprocess.run([sys.executable, "-m", contract.PROBE_MODULE], cwd=PROJECT_ROOT, env=env, capture_output=True,
+                          text=True, timeout=60)
+    return done.returncode, done.stderr.strip()
