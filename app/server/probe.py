@@ -61,8 +61,9 @@ class ProbeError(Exception):
 
 
 def http_get(host: str, port: int, path: str, timeout_s: float = _TIMEOUT_S) -> tuple[int, bytes]:
-    """One GET on a connection of its own: (status, body). The replica answers with a
-    Content-Length and closes the connection on `Connection: close`."""
+    """One GET on a connection of its own: (status, body). The answer must carry a
+    Content-Length or end with the connection (the replica sends one and closes on
+    `Connection: close`)."""
     request = f"GET {path} HTTP/1.1\r\nHost: {_authority(host, port)}\r\nConnection: close\r\n\r\n".encode("latin-1")
     deadline = time.monotonic() + timeout_s
     last: OSError | None = None
@@ -72,7 +73,7 @@ def http_get(host: str, port: int, path: str, timeout_s: float = _TIMEOUT_S) -> 
             conn.settimeout(max(deadline - time.monotonic(), 0.001))
             conn.connect(address)
             conn.sendall(request)
-            return _parse(_read_all(conn, deadline))
+            return _read_answer(conn, deadline)
         except OSError as exc:
             last = exc
         finally:
@@ -80,18 +81,25 @@ def http_get(host: str, port: int, path: str, timeout_s: float = _TIMEOUT_S) -> 
     raise last or ProbeError(f"{host}:{port} resolves to no address")
 
 
-def _read_all(conn: Any, deadline: float) -> bytes:
+def _read_answer(conn: Any, deadline: float) -> tuple[int, bytes]:
     answer = bytearray()
     while len(answer) <= _MAX_ANSWER_BYTES:
         conn.settimeout(max(deadline - time.monotonic(), 0.001))
         chunk = conn.recv(65536)
         if not chunk:
-            return bytes(answer)
+            whole = _parse(bytes(answer), closed=True)
+            assert whole is not None  # with the connection closed, _parse returns or raises
+            return whole
         answer += chunk
+        if b"\r\n\r\n" in answer:
+            parsed = _parse(bytes(answer), closed=False)
+            if parsed is not None:
+                return parsed
     raise ProbeError(f"answer longer than {_MAX_ANSWER_BYTES} bytes")
 
 
-def _parse(answer: bytes) -> tuple[int, bytes]:
+def _parse(answer: bytes, closed: bool) -> tuple[int, bytes] | None:
+    """(status, body) once the answer is whole; None while its body is still arriving."""
     head, sep, body = answer.partition(b"\r\n\r\n")
     lines = head.split(b"\r\n")
     status_line = lines[0].split(b" ", 2)
@@ -104,11 +112,15 @@ def _parse(answer: bytes) -> tuple[int, bytes]:
     if headers.get(b"transfer-encoding", b"identity").lower() != b"identity":
         raise ProbeError(f"unexpected transfer-encoding {headers[b'transfer-encoding']!r}")
     length = headers.get(b"content-length")
-    if length is not None:
-        if not length.isdigit() or len(body) < int(length):
-            raise ProbeError(f"answer cut short: {len(body)} of content-length {length!r}")
-        body = body[: int(length)]
-    return int(status_line[1]), body
+    if length is None:
+        return (int(status_line[1]), body) if closed else None
+    if not length.isdigit():
+        raise ProbeError(f"bad content-length {length!r}")
+    if len(body) < int(length):
+        if closed:
+            raise ProbeError(f"answer cut short: {len(body)} of content-length {int(length)}")
+        return None
+    return int(status_line[1]), body[: int(length)]
 
 
 def in_rotation(health: Mapping[str, Any], grace_s: float, now: float) -> bool:

@@ -86,6 +86,31 @@ def test_http_get_reads_status_and_body_up_to_its_length() -> None:
     assert f"\r\nHost: 127.0.0.1:{port}\r\n".encode() in requests[0] and b"\r\nConnection: close\r\n" in requests[0]
 
 
+def test_http_get_returns_once_the_body_is_whole_even_if_the_connection_stays_open() -> None:
+    import socket
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        done = threading.Event()
+
+        def serve() -> None:
+            conn, _ = listener.accept()
+            with conn:
+                conn.recv(4096)
+                conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")
+                conn.sendall(b"{}")
+                done.wait(10)  # keeps the connection open past the probe's answer
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        try:
+            assert probe.http_get("127.0.0.1", listener.getsockname()[1], contract.ROUTE_READY, timeout_s=5) == (200, b"{}")
+        finally:
+            done.set()
+            thread.join(10)
+
+
 def test_http_get_passes_the_status_of_an_error_answer() -> None:
     with canned(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 2\r\n\r\n{}") as (port, _):
         assert probe.http_get("127.0.0.1", port, contract.ROUTE_READY) == (503, b"{}")
@@ -96,10 +121,11 @@ def test_http_get_passes_the_status_of_an_error_answer() -> None:
     [
         (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n", "transfer-encoding"),
         (b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n{}", "cut short"),
+        (b"HTTP/1.1 200 OK\r\ncontent-length: two\r\n\r\n{}", "bad content-length"),
         (b"SSH-2.0-OpenSSH\r\n\r\n", "not an HTTP answer"),
         (b"", "not an HTTP answer"),
     ],
-    ids=["chunked", "cut-short", "not-http", "empty"],
+    ids=["chunked", "cut-short", "bad-length", "not-http", "empty"],
 )
 def test_http_get_refuses_an_answer_it_cannot_read(answer: bytes, says: str) -> None:
     with canned(answer) as (port, _), pytest.raises(probe.ProbeError, match=says):
