@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from app import contract  # noqa: E402
+from enginestack.report import QUOTA  # noqa: E402
 from stackconfig.settings import DEFAULTS  # noqa: E402
 
 # What the probe did before: the same two GETs with urllib.request, and json.
@@ -40,7 +41,7 @@ with urllib.request.urlopen(base + sys.argv[1], timeout=3) as r:
 with urllib.request.urlopen(base + sys.argv[2], timeout=3) as r:
     assert json.loads(r.read())["served"] > 0
 """
-REPLICA_CPUS = 0.1  # the engine report's quota (enginestack/report.py QUOTA)
+REPLICA_CPUS = float(QUOTA)  # the shares are of a replica held to the engine report's quota
 
 
 class StandIn(BaseHTTPRequestHandler):
