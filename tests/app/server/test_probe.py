@@ -51,12 +51,13 @@ def test_no_grace_means_ready_is_enough() -> None:
 
 
 @contextlib.contextmanager
-def canned(answer: bytes) -> Iterator[tuple[int, list[bytes]]]:
-    """A listener on loopback that answers one connection with `answer` and closes it; yields
-    its port and the requests it read."""
+def canned(answer: bytes, keep_open: bool = False) -> Iterator[tuple[int, list[bytes]]]:
+    """A listener on loopback that answers one connection with `answer`, then closes it (with
+    `keep_open`, only once the block ends); yields its port and the requests it read."""
     import socket
 
     requests: list[bytes] = []
+    released = threading.Event()
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen(1)
@@ -70,11 +71,16 @@ def canned(answer: bytes) -> Iterator[tuple[int, list[bytes]]]:
                     request += conn.recv(4096)
                 requests.append(request)
                 conn.sendall(answer)
+                if keep_open:
+                    released.wait(10)
 
         thread = threading.Thread(target=serve, daemon=True)
         thread.start()
-        yield listener.getsockname()[1], requests
-        thread.join(10)
+        try:
+            yield listener.getsockname()[1], requests
+        finally:
+            released.set()
+            thread.join(10)
 
 
 def test_http_get_reads_status_and_body_up_to_its_length() -> None:
@@ -87,28 +93,8 @@ def test_http_get_reads_status_and_body_up_to_its_length() -> None:
 
 
 def test_http_get_returns_once_the_body_is_whole_even_if_the_connection_stays_open() -> None:
-    import socket
-
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(1)
-        done = threading.Event()
-
-        def serve() -> None:
-            conn, _ = listener.accept()
-            with conn:
-                conn.recv(4096)
-                conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")
-                conn.sendall(b"{}")
-                done.wait(10)  # keeps the connection open past the probe's answer
-
-        thread = threading.Thread(target=serve, daemon=True)
-        thread.start()
-        try:
-            assert probe.http_get("127.0.0.1", listener.getsockname()[1], contract.ROUTE_READY, timeout_s=5) == (200, b"{}")
-        finally:
-            done.set()
-            thread.join(10)
+    with canned(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}", keep_open=True) as (port, _):
+        assert probe.http_get("127.0.0.1", port, contract.ROUTE_READY, timeout_s=5) == (200, b"{}")
 
 
 def test_http_get_passes_the_status_of_an_error_answer() -> None:
