@@ -20,9 +20,12 @@ environment (published on 127.0.0.1 for the report only, removed after), so the 
 is a ratio of two measurements of one run: pairs of runs back to back, one via nginx and one
 direct, their order alternating, each run after its own warm-up like every other run (the
 earlier form put a direct run between two via nginx, the second of those without a warm-up).
-It is measured at BALANCER_CONNECTIONS: with few connections a replica at its quota pays for
-the balancer's extra hop (fewer requests are back each time it is let run, so it wakes more
-often for fewer of them), and the README shows that cost shrink as the connections grow.
+Each pair back to back is followed by one pair run at once (two wrk, one via nginx and one
+direct, started together): runs minutes apart differ by up to 60 % here, and two loads at the
+same moment meet the same machine; the two replicas' own quotas keep them from taking CPU from
+each other. It is measured at BALANCER_CONNECTIONS: with few connections a replica at its quota
+pays for the balancer's extra hop (fewer requests are back each time it is let run, so it wakes
+more often for fewer of them), and the README shows that cost shrink as the connections grow.
 
 The replicas poll the registry and are probed at the stack defaults (pollIntervalSeconds,
 healthIntervalSeconds), not at the test stack's 2 s: at 0.1 CPU a poll every 2 s alone was ~5 %
@@ -38,6 +41,7 @@ from __future__ import annotations
 import socket
 import statistics
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +67,8 @@ CONNECTIONS_PER_REPLICA = 8
 # BALANCER_PAIRS pairs per round.
 BALANCER_CONNECTIONS = (CONNECTIONS_PER_REPLICA, 32)
 BALANCER_PAIRS = 2
+# How each pair is run: one run after the other (the order alternating), and both at once.
+PAIRINGS = ("back to back", "at once")
 # The wrk targets of the table: the default algorithm keeps the name the table always had.
 DEFAULT_ALGORITHM = DEFAULTS["balancerAlgorithm"]
 OTHER_ALGORITHMS = tuple(a for a in BALANCER_ALGORITHMS if a != DEFAULT_ALGORITHM)
@@ -136,8 +142,8 @@ def _report(max_replicas: int, duration: float, out_dir: Path, rounds: int) -> l
                                         "balancerAlgorithm": DEFAULT_ALGORITHM}
     entry = f"http://127.0.0.1:{port}{contract.ROUTE_INVOCATIONS}"
     runs: dict[tuple[str, int], list[Point]] = {}
-    # Per connection count, throughput via nginx / direct of each pair.
-    balancer_ratios: dict[int, list[float]] = {c: [] for c in BALANCER_CONNECTIONS}
+    # Per way of pairing (PAIRINGS) and connection count, throughput via nginx / direct of each pair.
+    balancer_ratios: dict[str, dict[int, list[float]]] = {way: {c: [] for c in BALANCER_CONNECTIONS} for way in PAIRINGS}
     balancer_errors = 0
 
     def measure(rnd: int, label: str, n: int, url: str, connections: int, record: bool = True) -> Point:
@@ -148,6 +154,18 @@ def _report(max_replicas: int, duration: float, out_dir: Path, rounds: int) -> l
         print(f"round {rnd + 1}: {n} replica(s) {label}, {connections} connections: {point.rps:.0f} req/s, p99 {point.p99_ms:.1f} ms, "
               f"errors {point.errors}", flush=True)
         return point
+
+    def at_once(rnd: int, targets: list[tuple[str, str]], connections: int) -> dict[str, Point]:
+        def warmed(label: str, url: str) -> Point:
+            wrk(url, 2.0, connections)
+            return Point.of(label, 1, wrk(url, duration, connections))
+
+        with ThreadPoolExecutor(len(targets)) as pool:
+            running = {label: pool.submit(warmed, label, url) for label, url in targets}
+            got = {label: f.result() for label, f in running.items()}
+        print(f"round {rnd + 1}: at once, {connections} connections: "
+              + ", ".join(f"{label} {p.rps:.0f} req/s" for label, p in got.items()), flush=True)
+        return got
 
     stack.down(purge=True)
     try:
@@ -179,22 +197,24 @@ def _report(max_replicas: int, duration: float, out_dir: Path, rounds: int) -> l
                             # Which target goes first alternates. Runs at the default connections
                             # are also the table's one-replica points.
                             targets = [(target(DEFAULT_ALGORITHM), entry), ("direct", url)]
-                            got = {label: measure(rnd, label, 1, u, c, record=c == CONNECTIONS_PER_REPLICA)
-                                   for label, u in (targets if pair % 2 == 0 else targets[::-1])}
-                            via, direct = got[target(DEFAULT_ALGORITHM)], got["direct"]
-                            balancer_ratios[c].append(via.rps / direct.rps)
-                            balancer_errors += via.errors + direct.errors
+                            back_to_back = {label: measure(rnd, label, 1, u, c, record=c == CONNECTIONS_PER_REPLICA)
+                                            for label, u in (targets if pair % 2 == 0 else targets[::-1])}
+                            for way, got in zip(PAIRINGS, (back_to_back, at_once(rnd, targets, c)), strict=True):
+                                via, direct = got[target(DEFAULT_ALGORITHM)], got["direct"]
+                                balancer_ratios[way][c].append(via.rps / direct.rps)
+                                balancer_errors += via.errors + direct.errors
                 finally:
                     container.remove(force=True)
     finally:
         stack.down(purge=True)
     points = [_median(r) for r in runs.values()]
-    _write(points, out_dir, duration, rounds, {c: sorted(r) for c, r in balancer_ratios.items()}, balancer_errors)
+    _write(points, out_dir, duration, rounds,
+           {way: {c: sorted(r) for c, r in by_c.items()} for way, by_c in balancer_ratios.items()}, balancer_errors)
     return points
 
 
-def _write(points: list[Point], out_dir: Path, duration: float, rounds: int, balancer_ratios: dict[int, list[float]],
-           balancer_errors: int) -> None:
+def _write(points: list[Point], out_dir: Path, duration: float, rounds: int,
+           balancer_ratios: dict[str, dict[int, list[float]]], balancer_errors: int) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     write_csv(points, out_dir / "engine-scaling.csv")
     via = [p for p in points if p.target == "nginx"]
@@ -215,9 +235,10 @@ def _write(points: list[Point], out_dir: Path, duration: float, rounds: int, bal
     for p in points:
         scale = p.rps / one.rps
         lines.append(f"| {p.replicas} | {p.target} | {p.rps:.0f} | {scale:.2f} | {scale / p.replicas:.2f} | {p.p50_ms:.1f} | {p.p99_ms:.1f} | {p.errors} |")
-    lines += ["", "Balancer cost at 1 replica, throughput via nginx / direct (pairs of warmed runs back to back, median [min..max] of"
-              " the pairs): " + ", ".join(f"{c} connections {statistics.median(r):.2f} [{r[0]:.2f}..{r[-1]:.2f}] of {len(r)}"
-                                          for c, r in balancer_ratios.items())
+    lines += ["", "Balancer cost at 1 replica, throughput via nginx / direct (pairs of warmed runs, median [min..max] of"
+              " the pairs): " + "; ".join(way + ", " + ", ".join(f"{c} connections {statistics.median(r):.2f} [{r[0]:.2f}..{r[-1]:.2f}] of {len(r)}"
+                                                                  for c, r in by_c.items())
+                                          for way, by_c in balancer_ratios.items())
               + f"; errors {balancer_errors}; p99 via nginx / direct at {CONNECTIONS_PER_REPLICA} connections = {one.p99_ms / direct.p99_ms:.2f}"]
     last = via[-1].replicas
     lines.append(f"At {last} replicas, of linear (n x 1 replica via nginx): " + ", ".join(

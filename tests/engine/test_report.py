@@ -29,12 +29,15 @@ def test_the_table_has_every_algorithm_against_linear_and_the_balancers_cost(tmp
               _p("nginx", 2, 1500), _p(report.target(other), 2, 1900),
               _p("nginx", 3, 1800), _p(report.target(other), 3, 2700)]
     few, many = report.BALANCER_CONNECTIONS
-    report._write(points, tmp_path, 8, 3, {few: [0.6, 0.7, 0.8, 0.9], many: [0.9, 0.95, 1.0]}, 2)
+    back_to_back, at_once = report.PAIRINGS
+    report._write(points, tmp_path, 8, 3, {back_to_back: {few: [0.6, 0.7, 0.8, 0.9], many: [0.9, 0.95, 1.0]},
+                                           at_once: {few: [0.8, 0.85, 0.9], many: [0.88, 0.92]}}, 2)
     table = (tmp_path / "engine-scaling.md").read_text()
     assert f"| 3 | nginx {other} | 2700 | 2.70 | 0.90 |" in table
     assert "| 3 | nginx | 1800 | 1.80 | 0.60 |" in table
     # Of an even count of pairs, statistics' median: the mean of the middle two.
-    assert f"{few} connections 0.75 [0.60..0.90] of 4, {many} connections 0.95 [0.90..1.00] of 3; errors 2;" in table
+    assert (f"{back_to_back}, {few} connections 0.75 [0.60..0.90] of 4, {many} connections 0.95 [0.90..1.00] of 3;"
+            f" {at_once}, {few} connections 0.85 [0.80..0.90] of 3, {many} connections 0.90 [0.88..0.92] of 2; errors 2;") in table
     assert f"At 3 replicas, of linear (n x 1 replica via nginx): {report.DEFAULT_ALGORITHM} 0.60, {other} 0.90" in table
     assert (tmp_path / "engine-scaling.png").stat().st_size > 0
     assert (tmp_path / "engine-scaling.csv").read_text().count("\n") == len(points) + 1
