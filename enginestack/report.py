@@ -124,6 +124,19 @@ def report(max_replicas: int, duration: float, out_dir: Path, rounds: int = 3) -
         return _report(max_replicas, duration, out_dir, rounds)
 
 
+def _warmed(label: str, n: int, url: str, connections: int, duration: float) -> Point:
+    """One wrk run after its own 2 s warm-up."""
+    wrk(url, 2.0, connections)
+    run = wrk(url, duration, connections)
+    if run["errors"]:
+        # What went wrong, in wrk's words (socket errors by kind, answers other than 2xx):
+        # the table keeps only the count.
+        print(f"{n} replica(s) {label}, {connections} connections: "
+              + "; ".join(line.strip() for line in run["raw"].splitlines() if "Socket errors" in line or "Non-2xx" in line),
+              flush=True)
+    return Point.of(label, n, run)
+
+
 def _median(runs: list[Point]) -> Point:
     """The run of median throughput (of an even count, the lower middle), its errors the rounds' sum."""
     mid = sorted(runs, key=lambda p: p.rps)[(len(runs) - 1) // 2]
@@ -146,19 +159,8 @@ def _report(max_replicas: int, duration: float, out_dir: Path, rounds: int) -> l
     balancer_ratios: dict[str, dict[int, list[float]]] = {way: {c: [] for c in BALANCER_CONNECTIONS} for way in PAIRINGS}
     balancer_errors = 0
 
-    def warmed(label: str, n: int, url: str, connections: int) -> Point:
-        wrk(url, 2.0, connections)
-        run = wrk(url, duration, connections)
-        if run["errors"]:
-            # What went wrong, in wrk's words (socket errors by kind, answers other than 2xx):
-            # the table keeps only the count.
-            print(f"{n} replica(s) {label}, {connections} connections: "
-                  + "; ".join(line.strip() for line in run["raw"].splitlines() if "Socket errors" in line or "Non-2xx" in line),
-                  flush=True)
-        return Point.of(label, n, run)
-
     def measure(rnd: int, label: str, n: int, url: str, connections: int, record: bool = True) -> Point:
-        point = warmed(label, n, url, connections)
+        point = _warmed(label, n, url, connections, duration)
         if record:
             runs.setdefault((label, n), []).append(point)
         print(f"round {rnd + 1}: {n} replica(s) {label}, {connections} connections: {point.rps:.0f} req/s, p99 {point.p99_ms:.1f} ms, "
@@ -167,7 +169,7 @@ def _report(max_replicas: int, duration: float, out_dir: Path, rounds: int) -> l
 
     def at_once(rnd: int, targets: list[tuple[str, str]], connections: int) -> dict[str, Point]:
         with ThreadPoolExecutor(len(targets)) as pool:
-            running = {label: pool.submit(warmed, label, 1, url, connections) for label, url in targets}
+            running = {label: pool.submit(_warmed, label, 1, url, connections, duration) for label, url in targets}
             got = {label: f.result() for label, f in running.items()}
         print(f"round {rnd + 1}: at once, {connections} connections: "
               + ", ".join(f"{label} {p.rps:.0f} req/s" for label, p in got.items()), flush=True)

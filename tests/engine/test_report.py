@@ -4,6 +4,9 @@ balancing algorithm that starts from the one-replica point, and the balancer's c
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from enginestack import report
 from procstack.report import Point
@@ -41,3 +44,24 @@ def test_the_table_has_every_algorithm_against_linear_and_the_balancers_cost(tmp
     assert f"At 3 replicas, of linear (n x 1 replica via nginx): {report.DEFAULT_ALGORITHM} 0.60, {other} 0.90" in table
     assert (tmp_path / "engine-scaling.png").stat().st_size > 0
     assert (tmp_path / "engine-scaling.csv").read_text().count("\n") == len(points) + 1
+
+
+def test_a_run_with_errors_prints_what_wrk_said_of_them(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    raw = ("Running 8s test @ http://127.0.0.1:1/invocations\n  2 threads and 16 connections\n"
+           "  4192 requests in 8.00s, 1.2MB read\n  Socket errors: connect 0, read 0, write 0, timeout 12\n"
+           "  Non-2xx or 3xx responses: 4\nRequests/sec:    524.00\n")
+    calls: list[float] = []
+
+    def fake_wrk(url: str, seconds: float, connections: int) -> dict[str, Any]:
+        calls.append(seconds)
+        return {"rps": 524.0, "p50_ms": 15.2, "p99_ms": 151.2, "requests": 4192, "errors": 16, "raw": raw}
+
+    monkeypatch.setattr(report, "wrk", fake_wrk)
+    point = report._warmed("nginx", 2, "http://127.0.0.1:1/invocations", 16, 8.0)
+    assert calls == [2.0, 8.0] and (point.rps, point.errors) == (524.0, 16)
+    assert capsys.readouterr().out == ("2 replica(s) nginx, 16 connections: Socket errors: connect 0, read 0, write 0, timeout 12;"
+                                       " Non-2xx or 3xx responses: 4\n")
+    # A clean run prints nothing of its own.
+    monkeypatch.setattr(report, "wrk", lambda url, seconds, connections: {**fake_wrk(url, seconds, connections), "errors": 0})
+    report._warmed("direct", 1, "http://127.0.0.1:1/invocations", 8, 8.0)
+    assert capsys.readouterr().out == ""
