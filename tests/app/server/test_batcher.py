@@ -15,6 +15,7 @@ from app.server import config as config_mod
 from app.server.batcher import Batcher, Item, _score
 from app.server.metrics import Metrics
 from app.server.model import Answer, FastSpec, LoadedModel, NotFast
+from app.server.throttle import QuotaWatch
 
 from .helpers import BASE_ENV
 
@@ -92,9 +93,21 @@ def _item(m: LoadedModel, values: list[int] | None) -> Item:
     return Item(m, fut, rows, body, "application/json", True)
 
 
-def _batcher(wait_ms: str = "0", receiving: Any = lambda: 0) -> Batcher:
+class _Quota(QuotaWatch):
+    """A CPU quota that runs out when the test says so."""
+
+    def __init__(self, throttled: bool = False) -> None:
+        super().__init__(None)
+        self.is_throttled = throttled
+
+    def throttled(self) -> bool:
+        return self.is_throttled
+
+
+def _batcher(wait_ms: str = "0", receiving: Any = lambda: 0, quota: QuotaWatch | None = None) -> Batcher:
     cfg = config_mod.from_env({**BASE_ENV, contract.ENV_MAX_BATCH_SIZE: "4", contract.ENV_MAX_BATCH_WAIT_MS: wait_ms})
-    return Batcher(cfg, Metrics("r", "m", "a"), receiving)
+    # Never the test machine's own cgroup: whether it throttles is not the test's to decide.
+    return Batcher(cfg, Metrics("r", "m", "a"), receiving, quota if quota is not None else _Quota())
 
 
 def test_requests_queued_behind_a_busy_model_merge_by_model_and_size() -> None:
@@ -153,6 +166,82 @@ def test_a_batch_waits_only_for_requests_still_being_received() -> None:
             await b.stop()
 
     _run(scenario())
+
+
+def test_a_throttled_replica_waits_for_as_many_requests_as_its_fullest_recent_batch() -> None:
+    fakes = _GatedSpecModel()
+    m = fakes.model("m", gated=True)
+    quota = _Quota(throttled=False)
+
+    async def scenario() -> None:
+        b = _batcher(wait_ms="5000", quota=quota)
+        b.start()
+        try:
+            # A batch of 3 requests: the model thread was busy while they queued.
+            first = _item(m, [1])
+            b.submit(first)
+            assert await asyncio.to_thread(fakes.entered.wait, 10)
+            three = [_item(m, [2]), _item(m, [3]), _item(m, [4])]
+            for it in three:
+                b.submit(it)
+            fakes.gate.set()
+            await asyncio.wait_for(asyncio.gather(first.future, *[it.future for it in three]), 10)
+            assert fakes.calls["m"] == [1, 3]
+            # CPU to spare: requests arriving apart are scored apart.
+            for v in (5, 6):
+                it = _item(m, [v])
+                b.submit(it)
+                await asyncio.wait_for(it.future, 10)
+            assert fakes.calls["m"] == [1, 3, 1, 1]
+            # The quota runs out: the first of three requests arriving apart waits for the
+            # other two (the long max wait never ends it), and all three go in one call.
+            quota.is_throttled = True
+            apart = [_item(m, [7]), _item(m, [8]), _item(m, [9])]
+            loop = asyncio.get_running_loop()
+            b.submit(apart[0])
+            loop.call_later(0.05, b.submit, apart[1])
+            loop.call_later(0.10, b.submit, apart[2])
+            answers = await asyncio.wait_for(asyncio.gather(*[it.future for it in apart]), 10)
+            assert fakes.calls["m"] == [1, 3, 1, 1, 3]
+            assert [json.loads(a.body)["predictions"] for a in answers] == [[14], [16], [18]]
+        finally:
+            await b.stop()
+
+    _run(scenario())
+
+
+def test_a_throttled_replica_waits_no_longer_than_the_max_batch_wait() -> None:
+    fakes = _GatedSpecModel()
+    m = fakes.model("m", gated=True)
+    quota = _Quota(throttled=True)
+
+    async def scenario() -> float:
+        b = _batcher(wait_ms="300", quota=quota)
+        b.start()
+        try:
+            first = _item(m, [1])
+            b.submit(first)
+            assert await asyncio.to_thread(fakes.entered.wait, 10)
+            queued = [_item(m, [v]) for v in (2, 3, 4)]
+            for it in queued:
+                b.submit(it)
+            fakes.gate.set()
+            await asyncio.wait_for(asyncio.gather(first.future, *[it.future for it in queued]), 10)
+            assert fakes.calls["m"] == [1, 3]
+            # Waits for two more that never come, then scores what it has.
+            loop = asyncio.get_running_loop()
+            alone = _item(m, [5])
+            started = loop.time()
+            b.submit(alone)
+            await asyncio.wait_for(alone.future, 10)
+            waited = loop.time() - started
+            assert fakes.calls["m"] == [1, 3, 1]
+            return waited
+        finally:
+            await b.stop()
+
+    waited = _run(scenario())
+    assert waited >= 0.29  # it did wait: the request was not scored at once
 
 
 def test_stop_scores_what_was_queued_and_refuses_what_comes_after() -> None:
