@@ -115,9 +115,9 @@ class Batcher:
         if first.rows is None:
             return batch, None
         jobs = self._jobs
-        if self.max_wait > 0 and self.quota.throttled():
-            self._await_queued(max(self._peak_now, self._peak_before) - 1)
         n = len(first.rows)
+        if n < self.max_rows and self.max_wait > 0 and self.quota.throttled():
+            self._await_queued(max(self._peak_now, self._peak_before) - 1)
         deadline = None
         while n < self.max_rows:
             try:
