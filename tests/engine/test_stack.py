@@ -104,6 +104,24 @@ def test_declared_limits_are_in_force(running: Running) -> None:
         assert int(shm.split()[1]) == inputs["shmSize"] * 2**20
 
 
+def test_replicas_watch_their_own_cpu_quota(running: Running) -> None:
+    """The throttled batch wait (app/server/throttle.py) reads the cpu.stat of the container's
+    own cgroup: the cgroup whose quota is the declared `cpus`, not the host's root."""
+    declared = {r.inputs["name"]: r.inputs for r in running.stack.declare(running.config, build=False)[0].replicas()}
+    script = ("from app.server.throttle import QuotaWatch\n"
+              "path = QuotaWatch.for_this_process().path\n"
+              "print(path)\n"
+              "print(int((path.parent / 'cpu.cfs_quota_us').read_text()) / int((path.parent / 'cpu.cfs_period_us').read_text()))")
+    replicas = running.containers(ROLE_REPLICA)
+    assert replicas
+    for c in replicas:
+        out = c.exec_run(["python", "-c", script])
+        assert out.exit_code == 0, out.output
+        path, cpus = out.output.decode().split()
+        assert path.startswith("/sys/fs/cgroup/cpu") and path.endswith("/cpu.stat"), path
+        assert float(cpus) == pytest.approx(float(declared[c.name]["cpus"])), c.name
+
+
 def test_processes_are_not_root(running: Running) -> None:
     for c in running.containers(ROLE_REPLICA) + running.containers(ROLE_MLFLOW):
         top = c.top(ps_args="-o pid,uid,comm")
