@@ -168,6 +168,20 @@ def test_a_batch_waits_only_for_requests_still_being_received() -> None:
     _run(scenario())
 
 
+async def _a_batch_of_three(b: Batcher, fakes: _GatedSpecModel, m: LoadedModel) -> None:
+    """One request scored alone, then 3 that queued while the model thread was busy with it
+    go in one call: the fullest recent batch holds 3 requests."""
+    first = _item(m, [1])
+    b.submit(first)
+    assert await asyncio.to_thread(fakes.entered.wait, 10)
+    three = [_item(m, [v]) for v in (2, 3, 4)]
+    for it in three:
+        b.submit(it)
+    fakes.gate.set()
+    await asyncio.wait_for(asyncio.gather(first.future, *[it.future for it in three]), 10)
+    assert fakes.calls["m"] == [1, 3]
+
+
 def test_a_throttled_replica_waits_for_as_many_requests_as_its_fullest_recent_batch() -> None:
     fakes = _GatedSpecModel()
     m = fakes.model("m", gated=True)
@@ -177,16 +191,7 @@ def test_a_throttled_replica_waits_for_as_many_requests_as_its_fullest_recent_ba
         b = _batcher(wait_ms="5000", quota=quota)
         b.start()
         try:
-            # A batch of 3 requests: the model thread was busy while they queued.
-            first = _item(m, [1])
-            b.submit(first)
-            assert await asyncio.to_thread(fakes.entered.wait, 10)
-            three = [_item(m, [2]), _item(m, [3]), _item(m, [4])]
-            for it in three:
-                b.submit(it)
-            fakes.gate.set()
-            await asyncio.wait_for(asyncio.gather(first.future, *[it.future for it in three]), 10)
-            assert fakes.calls["m"] == [1, 3]
+            await _a_batch_of_three(b, fakes, m)
             # CPU to spare: requests arriving apart are scored apart.
             for v in (5, 6):
                 it = _item(m, [v])
@@ -219,15 +224,7 @@ def test_a_throttled_replica_waits_no_longer_than_the_max_batch_wait() -> None:
         b = _batcher(wait_ms="300", quota=quota)
         b.start()
         try:
-            first = _item(m, [1])
-            b.submit(first)
-            assert await asyncio.to_thread(fakes.entered.wait, 10)
-            queued = [_item(m, [v]) for v in (2, 3, 4)]
-            for it in queued:
-                b.submit(it)
-            fakes.gate.set()
-            await asyncio.wait_for(asyncio.gather(first.future, *[it.future for it in queued]), 10)
-            assert fakes.calls["m"] == [1, 3]
+            await _a_batch_of_three(b, fakes, m)
             # Waits for two more that never come, then scores what it has.
             loop = asyncio.get_running_loop()
             alone = _item(m, [5])
