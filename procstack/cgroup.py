@@ -7,10 +7,11 @@ cgroup); every cgroup made here is removed by `remove()`, once its processes hav
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 from pathlib import Path
+
+from app.server.throttle import read_cpu_stat
 
 V1_CPU = Path("/sys/fs/cgroup/cpu")
 V2_ROOT = Path("/sys/fs/cgroup")
@@ -57,12 +58,7 @@ class CpuLimit:
 
     def stats(self) -> dict[str, int]:
         """The kernel's cpu.stat: periods, throttled periods, throttled time."""
-        out: dict[str, int] = {}
-        for line in _read(self.path / "cpu.stat").splitlines():
-            key, _, value = line.partition(" ")
-            with contextlib.suppress(ValueError):
-                out[key] = int(value)
-        return out
+        return read_cpu_stat(self.path / "cpu.stat")
 
     def remove(self, deadline_s: float = 10.0) -> None:
         """Remove the cgroup once its processes have gone (they are the caller's to stop)."""

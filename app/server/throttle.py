@@ -14,6 +14,7 @@ send more until they are answered; hence this check.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -46,19 +47,23 @@ def cpu_stat_path(proc_cgroup: str, root: Path = CGROUP_ROOT) -> Path | None:
     return None
 
 
-def _throttled_periods(path: Path) -> int | None:
+def read_cpu_stat(path: Path) -> dict[str, int]:
+    """A `cpu.stat` file's counters (periods, throttled periods, throttled time, ...); {}
+    where it cannot be read."""
     try:
         text = path.read_text()
     except OSError:
-        return None
+        return {}
+    stats: dict[str, int] = {}
     for line in text.splitlines():
         key, _, value = line.partition(" ")
-        if key == "nr_throttled":
-            try:
-                return int(value)
-            except ValueError:
-                return None
-    return None
+        with contextlib.suppress(ValueError):
+            stats[key] = int(value)
+    return stats
+
+
+def _throttled_periods(path: Path) -> int | None:
+    return read_cpu_stat(path).get("nr_throttled")
 
 
 class QuotaWatch:
