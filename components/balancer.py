@@ -87,6 +87,7 @@ class Balancer(pulumi.ComponentResource):
             ],
             network=network,
             aliases=[contract.BALANCER_HOST],
+            cpu_set=settings.balancer.cpu_set.spec if settings.balancer.cpu_set else None,
             health=healthcheck(HEALTH_TEST, interval_s=settings.health_interval_s, start_period_s=10),
             wait_timeout_s=60,
             stop_signal=STOP_SIGNAL,

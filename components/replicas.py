@@ -181,6 +181,7 @@ class ModelReplicas(pulumi.ComponentResource):
                     network=network,
                     aliases=[resource, weight_alias(weight, group.name)],
                     cpus=resources.cpus,
+                    cpu_set=settings.replica_cpu_set.spec if settings.replica_cpu_set else None,
                     memory_mb=resources.memory_mb,
                     shm_mb=resources.shm_mb,
                     gpus=gpus,

@@ -493,6 +493,10 @@ def _mirror_relay(settings: Settings) -> list[str]:
 def _worker_processes(settings: Settings) -> str | int:
     if settings.kubernetes is not None:
         return CLUSTER_WORKER_PROCESSES
+    if settings.balancer.worker_processes is None and settings.balancer.cpu_set is not None:
+        # `auto` may count the host's CPUs (sysconf) rather than those the container may use:
+        # extra workers would only take turns on the same cores.
+        return len(settings.balancer.cpu_set.cpus)
     return settings.balancer.worker_processes or WORKER_PROCESSES_AUTO
 
 

@@ -164,11 +164,20 @@ class AccessSettings:
 
 
 @dataclass(frozen=True)
+class CpuSet:
+    """Host CPUs a container may run on, as Docker's --cpuset-cpus takes them ("0-3,6")."""
+
+    spec: str
+    cpus: frozenset[int]
+
+
+@dataclass(frozen=True)
 class BalancerSettings:
     port: int  # published on the host
     bind_ip: str
     algorithm: str  # one of BALANCER_ALGORITHMS
     worker_processes: int | None  # nginx workers on the Docker host; None: auto (one per CPU)
+    cpu_set: CpuSet | None  # the host CPUs the balancer container may run on; None: any
     max_fails: int
     fail_timeout_s: int
     connect_timeout_s: int
@@ -260,6 +269,7 @@ class Settings:
     train_demo_model: bool
     protect_data: bool
     health_interval_s: int  # Docker healthcheck interval of every service and replica
+    replica_cpu_set: CpuSet | None = None  # the host CPUs every replica container may run on; None: any
     # What the config means but the user may not expect (see `load`, which logs each one).
     warnings: tuple[str, ...] = ()
     target: str = "docker"  # one of TARGETS
@@ -315,6 +325,7 @@ _IMAGE_RE = re.compile(r"^[a-z0-9][a-z0-9._/:-]*:[A-Za-z0-9_][A-Za-z0-9._-]*$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _CPUS_RE = re.compile(r"^\d+(\.\d+)?$")
+_CPU_SET_RE = re.compile(r"^\d{1,4}(-\d{1,4})?(,\d{1,4}(-\d{1,4})?)*$")
 _IPV4_RE = re.compile(r"^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$")
 
 
@@ -360,6 +371,33 @@ def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> str:
     if value not in allowed:
         raise ConfigError(key, f"must be one of {', '.join(allowed)}; got {value!r}")
     return str(value)
+
+
+def _cpu_set(key: str, value: Any) -> CpuSet | None:
+    if value is None:
+        return None
+    spec = str(value).replace(" ", "")
+    if not isinstance(value, (str, int)) or isinstance(value, bool) or not _CPU_SET_RE.match(spec):
+        raise ConfigError(key, f"must be host CPU numbers and ranges as Docker's --cpuset-cpus takes them, such as 0-3 or 1,3; got {value!r}")
+    cpus: set[int] = set()
+    for part in spec.split(","):
+        first, _, last = part.partition("-")
+        lo, hi = int(first), int(last or first)
+        if lo > hi:
+            raise ConfigError(key, f"range {part!r} runs backwards; write it {hi}-{lo}")
+        cpus.update(range(lo, hi + 1))
+    return CpuSet(spec=spec, cpus=frozenset(cpus))
+
+
+def _check_replica_cpu_set(cpu_set: CpuSet | None, groups: tuple[ReplicaGroup, ...]) -> None:
+    """A quota larger than the CPUs a replica may run on could never be used."""
+    if cpu_set is None:
+        return
+    for index, group in enumerate(groups):
+        if Fraction(group.resources.cpus) > len(cpu_set.cpus):
+            where = "replicaCpus" if index == 0 else f"groups[{index - 1}].replicaCpus"
+            raise ConfigError("replicaCpuSet", f"{cpu_set.spec!r} holds {len(cpu_set.cpus)} CPU(s), fewer than {where} "
+                                               f"({group.resources.cpus}): a replica could never use its quota")
 
 
 def _worker_processes(value: Any) -> int | None:
@@ -702,6 +740,10 @@ DOCKER_ONLY_KEYS = {
     "balancerBindIp": "a Kubernetes Service has no bind address; choose balancerServiceType instead",
     "healthIntervalSeconds": "it sets the Docker healthchecks' interval; the cluster's pods keep their probes' own periods",
     "balancerWorkerProcesses": "the cluster's balancer pods run a fixed number of nginx workers, one per CPU of the pod",
+    # A pod spec cannot name host CPUs: the kubelet pins a pod only under its static CPU manager
+    # policy (a Guaranteed pod asking for whole CPUs).
+    "replicaCpuSet": "a pod cannot name host CPUs; the kubelet's static CPU manager policy pins pods that ask for whole CPUs",
+    "balancerCpuSet": "a pod cannot name host CPUs; the kubelet's static CPU manager policy pins pods that ask for whole CPUs",
     # The Docker target uploads these files beside nginx.conf; the cluster's balancer mounts only
     # its ConfigMap so far (no Secret for keys or certificates yet).
     "apiKeys": "the cluster's nginx pods do not mount the API keys file yet (Docker target only for now)",
@@ -921,6 +963,8 @@ def parse(stack: str, raw: Mapping[str, Any], secret_keys: Collection[str] = ())
     )
     primary = ReplicaGroup(name=DEFAULT_GROUP, count=replicas, weights=weights, resources=resources, model=model)
     groups = _groups(get("groups"), get, primary, warnings)
+    replica_cpu_set = _cpu_set("replicaCpuSet", get("replicaCpuSet"))
+    _check_replica_cpu_set(replica_cpu_set, groups)
 
     serving = ServingSettings(
         # Whole numbers: Pulumi's project config schema has no float type (string, integer,
@@ -941,6 +985,7 @@ def parse(stack: str, raw: Mapping[str, Any], secret_keys: Collection[str] = ())
         bind_ip=_ipv4("balancerBindIp", get("balancerBindIp")),
         algorithm=_choice("balancerAlgorithm", get("balancerAlgorithm"), BALANCER_ALGORITHMS),
         worker_processes=_worker_processes(get("balancerWorkerProcesses")),
+        cpu_set=_cpu_set("balancerCpuSet", get("balancerCpuSet")),
         max_fails=_int("balancerMaxFails", get("balancerMaxFails"), 1, 100),
         fail_timeout_s=_int("balancerFailTimeoutSeconds", get("balancerFailTimeoutSeconds"), 1, 3600),
         connect_timeout_s=_int("balancerConnectTimeoutSeconds", get("balancerConnectTimeoutSeconds"), 1, 600),
@@ -976,6 +1021,7 @@ def parse(stack: str, raw: Mapping[str, Any], secret_keys: Collection[str] = ())
         train_demo_model=_bool("trainDemoModel", get("trainDemoModel")),
         protect_data=_bool("protectData", get("protectData")),
         health_interval_s=_int("healthIntervalSeconds", get("healthIntervalSeconds"), 1, 300),
+        replica_cpu_set=replica_cpu_set,
         warnings=tuple(warnings),
         target=target,
         kubernetes=kubernetes,

@@ -104,6 +104,36 @@ def test_declared_limits_are_in_force(running: Running) -> None:
         assert int(shm.split()[1]) == inputs["shmSize"] * 2**20
 
 
+def test_cpu_sets_pin_the_replicas_in_place_and_size_the_balancers_workers(running: Running) -> None:
+    """replicaCpuSet is a `docker update` of the running replicas, as the provider makes it;
+    balancerCpuSet also sets nginx's worker count, so the balancer is re-created."""
+    from components.balancer import CONF_PATH
+
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        pytest.skip("a single CPU: nothing to keep apart")
+    every = ",".join(str(c) for c in cpus)
+    replica_ids = {c.name: c.id for c in running.containers(ROLE_REPLICA)}
+    assert len(replica_ids) == 2
+    try:
+        running.up(replicaCpuSet=str(cpus[0]), balancerCpuSet=str(cpus[1]))
+        pinned = [(c, str(cpus[0])) for c in running.containers(ROLE_REPLICA)] + [(running.container("balancer"), str(cpus[1]))]
+        for c, want in pinned:
+            assert c.attrs["HostConfig"]["CpusetCpus"] == want, c.name
+            # What the kernel enforces (cgroup v1 on this engine).
+            out = c.exec_run(["cat", "/sys/fs/cgroup/cpuset/cpuset.cpus"])
+            assert out.exit_code == 0 and out.output.decode().strip() == want, (c.name, out.output)
+        assert {c.name: c.id for c in running.containers(ROLE_REPLICA)} == replica_ids
+        conf = running.container("balancer").exec_run(["cat", CONF_PATH]).output.decode()
+        assert "\nworker_processes 1;\n" in conf
+    finally:
+        # Unsetting the keys would leave the containers pinned: Docker's update ignores an
+        # empty cpuset, and the provider sends one. Every CPU first, then unset.
+        running.up(replicaCpuSet=every, balancerCpuSet=every)
+        running.up(replicaCpuSet=None, balancerCpuSet=None)
+    assert {c.name: c.id for c in running.containers(ROLE_REPLICA)} == replica_ids
+
+
 def test_replicas_watch_their_own_cpu_quota(running: Running) -> None:
     """The throttled batch wait (app/server/throttle.py) reads the cpu.stat of the container's
     own cgroup: the cgroup whose quota is the declared `cpus`, not the host's root."""

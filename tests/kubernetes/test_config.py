@@ -30,6 +30,8 @@ INVALID: list[Case] = [
     ("cluster", {"balancerBindIp": "127.0.0.1"}, SECRETS, "balancerBindIp", ("not used when target is 'kubernetes'", "balancerServiceType")),
     ("cluster", {"healthIntervalSeconds": 2}, SECRETS, "healthIntervalSeconds", ("not used when target is 'kubernetes'", "probes")),
     ("cluster", {"balancerWorkerProcesses": "1"}, SECRETS, "balancerWorkerProcesses", ("not used when target is 'kubernetes'", "one per CPU of the pod")),
+    ("cluster", {"replicaCpuSet": "0-3"}, SECRETS, "replicaCpuSet", ("not used when target is 'kubernetes'", "static CPU manager")),
+    ("cluster", {"balancerCpuSet": "0"}, SECRETS, "balancerCpuSet", ("not used when target is 'kubernetes'", "static CPU manager")),
     ("cluster", {"gpuMode": "all"}, SECRETS, "gpuMode", ("Docker-only", "gpuMode count")),
     ("cluster", {"gpuMode": "devices", "gpuDeviceIds": ["0", "1"]}, SECRETS, "gpuMode", ("Docker-only", "device plugin")),
     ("cluster", {"gpuDeviceIds": ["0"]}, SECRETS, "gpuDeviceIds", ("not used when target is 'kubernetes'",)),

@@ -72,6 +72,9 @@ def test_worker_processes() -> None:
     # The CLI hands every value over as a string.
     assert re.search(r"^worker_processes 1;$", render(settings(balancerWorkerProcesses="1")), flags=re.M)
     assert re.search(r"^worker_processes 4;$", render(settings(balancerWorkerProcesses=4)), flags=re.M)
+    # auto on a balancer pinned to some CPUs: one worker per CPU it may run on; a number stays.
+    assert re.search(r"^worker_processes 3;$", render(settings(balancerCpuSet="0,2-3")), flags=re.M)
+    assert re.search(r"^worker_processes 2;$", render(settings(balancerCpuSet="0", balancerWorkerProcesses=2)), flags=re.M)
 
 
 def test_failover_retries_errors_timeouts_502_503_and_posts() -> None:

@@ -258,6 +258,19 @@ def test_balancer(any_stack: DeclaredStack) -> None:
     assert balancer.inputs["stopSignal"] == "SIGQUIT"
 
 
+def test_cpu_sets_pin_the_replicas_and_the_balancer_only_when_asked() -> None:
+    from mockrun import run_program
+
+    pinned = run_program("dev", {"replicas": 2, "replicaCpus": "1", "replicaCpuSet": "2-3", "balancerCpuSet": "0,1"})
+    assert len(pinned.replicas()) == 2
+    assert {r.inputs.get("cpuSet") for r in pinned.replicas()} == {"2-3"}
+    assert pinned.container("balancer").inputs.get("cpuSet") == "0,1"
+    # Only they: MLflow and the stores may run anywhere.
+    assert {c.name for c in pinned.containers() if c.inputs.get("cpuSet")} == {"balancer", *(r.name for r in pinned.replicas())}
+    unpinned = run_program("dev", {"replicas": 2})
+    assert unpinned.containers() and not [c.name for c in unpinned.containers() if c.inputs.get("cpuSet")]
+
+
 def test_docker_host_routes_every_docker_resource_through_one_provider() -> None:
     from mockrun import run_program
 
