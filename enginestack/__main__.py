@@ -4,7 +4,7 @@
     python -m enginestack up [--stack dev] [--set key=value ...] [--official-images]
     python -m enginestack status [--stack dev]
     python -m enginestack down [--stack dev] [--purge] [--remove-images]
-    python -m enginestack report [--max-replicas 4] [--duration 10] [--rounds 3]   table + PNG in benchmarks/out/
+    python -m enginestack report [--max-replicas 4] [--duration 10] [--rounds 3] [--no-pin]   table + PNG in benchmarks/out/
 
 `up` builds the stand-in images and the project's images, applies the declared stack and prints
 `entry URL: http://127.0.0.1:PORT` and one line per replica container. Unless
@@ -66,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("--duration", type=float, default=10.0)
     rep.add_argument("--rounds", type=int, default=3, help="runs of every point; the table has the median")
     rep.add_argument("--out", default="benchmarks/out")
+    rep.add_argument("--no-pin", action="store_true",
+                     help="let replicas, nginx and wrk share every CPU (by default the replicas get the first CPU, nginx and wrk the rest)")
     for name in ("up", "status", "down"):
         p = sub.add_parser(name)
         p.add_argument("--stack", default="dev")
@@ -95,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         from enginestack.report import report
 
         standins.build_standins(client, log=lambda line: None)
-        report(args.max_replicas, args.duration, Path(args.out), args.rounds)
+        report(args.max_replicas, args.duration, Path(args.out), args.rounds, pin=not args.no_pin)
         return 0
 
     stack = EngineStack(args.stack, client)

@@ -2,10 +2,17 @@
 
 Each replica is held to a CPU quota (Docker --cpus, the stack key replicaCpus) meant to make the
 replicas, not the load generator (wrk, on the host) or the balancer, the bottleneck: with
-QUOTA = 0.1 and up to 4 replicas the replicas together get 0.4 of the machine's two cores and wrk
-and nginx the rest; wrk keeps CONNECTIONS_PER_REPLICA connections open per replica. Whether the
-quota is small enough shows in the table: the direct run is one replica's ceiling. So the curve
-shows what adding replicas buys, not how processes fight over two cores.
+QUOTA = 0.1 and up to 4 replicas the replicas together get 0.4 of a core; wrk keeps
+CONNECTIONS_PER_REPLICA connections open per replica. Whether the quota is small enough shows in
+the table: the direct run is one replica's ceiling. So the curve shows what adding replicas
+buys, not how processes fight over two cores.
+
+On a machine with two CPUs or more the replicas run on the first CPU this process may use
+(replicaCpuSet) and the balancer (balancerCpuSet) and wrk on the others (`split_cores`):
+measured here, a replica at its quota that shares its core with nginx or wrk spends 10-30 %
+more CPU per request than one that does not, and the balancer's share of that cost is what its
+cost against a direct replica measured before. In production the load comes from other hosts;
+balancerCpuSet is what keeps the balancer off the replicas' cores there too.
 
 Every count from 2 replicas is measured with both balancing algorithms (balancerAlgorithm),
 one right after the other. A replica at its quota runs about 10 ms of each 100 ms CFS period
@@ -38,6 +45,7 @@ down afterwards with its volumes; it holds the same lock as the engine tests.
 
 from __future__ import annotations
 
+import os
 import socket
 import statistics
 import time
@@ -74,6 +82,15 @@ DEFAULT_ALGORITHM = DEFAULTS["balancerAlgorithm"]
 OTHER_ALGORITHMS = tuple(a for a in BALANCER_ALGORITHMS if a != DEFAULT_ALGORITHM)
 
 
+def split_cores(cpus: set[int]) -> tuple[str, str] | None:
+    """(replicaCpuSet, balancerCpuSet) for these CPUs: the replicas on the lowest, the balancer
+    and the load generator on the rest; None with a single CPU (nothing to split)."""
+    if len(cpus) < 2:
+        return None
+    first, *rest = sorted(cpus)
+    return str(first), ",".join(str(c) for c in rest)
+
+
 def target(algorithm: str) -> str:
     return "nginx" if algorithm == DEFAULT_ALGORITHM else f"nginx {algorithm}"
 
@@ -103,7 +120,7 @@ def _wait_serving(url: str, instances: set[str], deadline_s: float = 60.0) -> No
 
 
 def _direct(stack: EngineStack, port: int) -> Any:
-    """A replica container like replica-0 (image, env, quota), published on loopback."""
+    """A replica container like replica-0 (image, env, quota, CPUs), published on loopback."""
     model = stack.client.containers.get(f"mlserve-{STACK}-replica-0")
     env = [e for e in model.attrs["Config"]["Env"] if not e.startswith(f"{contract.ENV_INSTANCE_ID}=")]
     env.append(f"{contract.ENV_INSTANCE_ID}=mlserve-{STACK}-direct")
@@ -111,17 +128,17 @@ def _direct(stack: EngineStack, port: int) -> Any:
     return stack.client.containers.run(
         model.image.id, ["python", "-m", contract.REPLICA_MODULE], name=f"mlserve-{STACK}-direct", detach=True,
         environment=env, network=f"mlserve-{STACK}", ports={f"{contract.REPLICA_PORT}/tcp": ("127.0.0.1", port)},
-        nano_cpus=host["NanoCpus"], mem_limit=host["Memory"], labels={LABEL_STACK: STACK},
+        nano_cpus=host["NanoCpus"], cpuset_cpus=host["CpusetCpus"] or None, mem_limit=host["Memory"], labels={LABEL_STACK: STACK},
     )
 
 
-def report(max_replicas: int, duration: float, out_dir: Path, rounds: int = 3) -> list[Point]:
+def report(max_replicas: int, duration: float, out_dir: Path, rounds: int = 3, pin: bool = True) -> list[Point]:
     if not 1 <= max_replicas <= 8 or not 1 <= duration <= 120 or not 1 <= rounds <= 9:
         raise ValueError("--max-replicas 1..8, --duration 1..120 s and --rounds 1..9")
     from enginestack import stack_lock
 
     with stack_lock(STACK):
-        return _report(max_replicas, duration, out_dir, rounds)
+        return _report(max_replicas, duration, out_dir, rounds, pin)
 
 
 def _warmed(label: str, n: int, url: str, connections: int, duration: float) -> Point:
@@ -143,7 +160,7 @@ def _median(runs: list[Point]) -> Point:
     return Point(mid.target, mid.replicas, mid.rps, mid.p50_ms, mid.p99_ms, mid.requests, sum(p.errors for p in runs))
 
 
-def _report(max_replicas: int, duration: float, out_dir: Path, rounds: int) -> list[Point]:
+def _report(max_replicas: int, duration: float, out_dir: Path, rounds: int, pin: bool) -> list[Point]:
     """Every point `rounds` times, round after round (the machine's other load drifts slowly,
     and one replica's CPU per request moved by up to 40 % between single runs here); the
     table has each point's median run."""
@@ -153,6 +170,12 @@ def _report(max_replicas: int, duration: float, out_dir: Path, rounds: int) -> l
                                         "pollIntervalSeconds": DEFAULTS["pollIntervalSeconds"],
                                         "healthIntervalSeconds": DEFAULTS["healthIntervalSeconds"],
                                         "balancerAlgorithm": DEFAULT_ALGORITHM}
+    own_cpus = os.sched_getaffinity(0)
+    cores = split_cores(own_cpus) if pin else None
+    if cores is not None:
+        config.update(replicaCpuSet=cores[0], balancerCpuSet=cores[1])
+        # wrk, started by this process, inherits its CPUs.
+        os.sched_setaffinity(0, {int(c) for c in cores[1].split(",")})
     entry = f"http://127.0.0.1:{port}{contract.ROUTE_INVOCATIONS}"
     runs: dict[tuple[str, int], list[Point]] = {}
     # Per way of pairing (PAIRINGS) and connection count, throughput via nginx / direct of each pair.
@@ -214,15 +237,16 @@ def _report(max_replicas: int, duration: float, out_dir: Path, rounds: int) -> l
                 finally:
                     container.remove(force=True)
     finally:
+        os.sched_setaffinity(0, own_cpus)
         stack.down(purge=True)
     points = [_median(r) for r in runs.values()]
     _write(points, out_dir, duration, rounds,
-           {way: {c: sorted(r) for c, r in by_c.items()} for way, by_c in balancer_ratios.items()}, balancer_errors)
+           {way: {c: sorted(r) for c, r in by_c.items()} for way, by_c in balancer_ratios.items()}, balancer_errors, cores)
     return points
 
 
 def _write(points: list[Point], out_dir: Path, duration: float, rounds: int,
-           balancer_ratios: dict[str, dict[int, list[float]]], balancer_errors: int) -> None:
+           balancer_ratios: dict[str, dict[int, list[float]]], balancer_errors: int, cores: tuple[str, str] | None = None) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     write_csv(points, out_dir / "engine-scaling.csv")
     via = [p for p in points if p.target == "nginx"]
@@ -232,7 +256,7 @@ def _write(points: list[Point], out_dir: Path, duration: float, rounds: int,
     colors = dict(zip(curves, ("tab:blue", "tab:green", "tab:purple"), strict=False))
     direct = next(p for p in points if p.target == "direct")
     lines = [
-        f"Docker engine, each replica held to {QUOTA} CPU (--cpus); wrk with {CONNECTIONS_PER_REPLICA} connections per replica, {duration:g} s per run,"
+        f"Docker engine, each replica held to {QUOTA} CPU (--cpus); {_where(cores)}; wrk with {CONNECTIONS_PER_REPLICA} connections per replica, {duration:g} s per run,"
         f" the median of {rounds} rounds; single-row iris POST /invocations to the balancer published on 127.0.0.1;"
         f" target nginx: balancerAlgorithm {DEFAULT_ALGORITHM} (the default)"
         + "".join(f", {target(a)}: balancerAlgorithm {a}" for a in OTHER_ALGORITHMS),
@@ -282,7 +306,13 @@ def _write(points: list[Point], out_dir: Path, duration: float, rounds: int,
     ax2.set_ylim(bottom=0)
     ax2.legend(fontsize=8)
     ax2.set_title(f"p99 latency, wrk {CONNECTIONS_PER_REPLICA} connections per replica")
-    fig.suptitle(f"Docker engine: each replica limited to --cpus {QUOTA}; wrk and nginx share the same 2-core host", fontsize=10)
+    fig.suptitle(f"Docker engine: each replica limited to --cpus {QUOTA}; {_where(cores)}", fontsize=10)
     fig.tight_layout()
     fig.savefig(out_dir / "engine-scaling.png", dpi=110)
     plt.close(fig)
+
+
+def _where(cores: tuple[str, str] | None) -> str:
+    if cores is None:
+        return f"replicas, nginx and wrk share the host's {os.cpu_count()} CPU(s)"
+    return f"replicas on CPU {cores[0]} (replicaCpuSet), nginx (balancerCpuSet) and wrk on CPU {cores[1]}"

@@ -24,6 +24,12 @@ def test_a_point_is_its_median_run_and_counts_every_rounds_errors() -> None:
     assert report._median(runs[:2]).rps == 900
 
 
+def test_replicas_get_the_first_cpu_and_the_balancer_and_wrk_the_rest() -> None:
+    assert report.split_cores({0, 1}) == ("0", "1")
+    assert report.split_cores({3, 5, 4, 7}) == ("3", "4,5,7")
+    assert report.split_cores({2}) is None
+
+
 def test_the_table_has_every_algorithm_against_linear_and_the_balancers_cost(tmp_path: Path) -> None:
     other = report.OTHER_ALGORITHMS[0]
     assert report.target(report.DEFAULT_ALGORITHM) == "nginx"
@@ -34,8 +40,9 @@ def test_the_table_has_every_algorithm_against_linear_and_the_balancers_cost(tmp
     few, many = report.BALANCER_CONNECTIONS
     back_to_back, at_once = report.PAIRINGS
     report._write(points, tmp_path, 8, 3, {back_to_back: {few: [0.6, 0.7, 0.8, 0.9], many: [0.9, 0.95, 1.0]},
-                                           at_once: {few: [0.8, 0.85, 0.9], many: [0.88, 0.92]}}, 2)
+                                           at_once: {few: [0.8, 0.85, 0.9], many: [0.88, 0.92]}}, 2, ("0", "1"))
     table = (tmp_path / "engine-scaling.md").read_text()
+    assert "replicas on CPU 0 (replicaCpuSet), nginx (balancerCpuSet) and wrk on CPU 1;" in table.splitlines()[0]
     assert f"| 3 | nginx {other} | 2700 | 2.70 | 0.90 |" in table
     assert "| 3 | nginx | 1800 | 1.80 | 0.60 |" in table
     # Of an even count of pairs, statistics' median: the mean of the middle two.
