@@ -9,10 +9,10 @@ buys, not how processes fight over two cores.
 
 On a machine with two CPUs or more the replicas run on the first CPU this process may use
 (replicaCpuSet) and the balancer (balancerCpuSet) and wrk on the others (`split_cores`):
-measured here, a replica at its quota that shares its core with nginx or wrk spends 10-30 %
-more CPU per request than one that does not, and the balancer's share of that cost is what its
-cost against a direct replica measured before. In production the load comes from other hosts;
-balancerCpuSet is what keeps the balancer off the replicas' cores there too.
+measured here, a replica at its quota that shares its core with nginx or wrk spends 15-30 %
+more CPU per request than one that does not, and part of the balancer's cost against a direct
+replica measured before was nginx working on the replica's core. In production the load comes
+from other hosts; balancerCpuSet is what keeps the balancer off the replicas' cores there too.
 
 Every count from 2 replicas is measured with both balancing algorithms (balancerAlgorithm),
 one right after the other. A replica at its quota runs about 10 ms of each 100 ms CFS period
@@ -30,9 +30,9 @@ earlier form put a direct run between two via nginx, the second of those without
 Each pair back to back is followed by one pair run at once (two wrk, one via nginx and one
 direct, started together): runs minutes apart differ by up to 60 % here, and two loads at the
 same moment meet the same machine; the two replicas' own quotas keep them from taking CPU from
-each other. It is measured at BALANCER_CONNECTIONS: with few connections a replica at its quota
-pays for the balancer's extra hop (fewer requests are back each time it is let run, so it wakes
-more often for fewer of them), and the README shows that cost shrink as the connections grow.
+each other. It is measured at BALANCER_CONNECTIONS: a replica at its quota spends more CPU per
+request behind nginx than reached directly, more so with few connections (the README,
+"Throughput by replica count", has the figures and what is known of the cause).
 
 The replicas poll the registry and are probed at the stack defaults (pollIntervalSeconds,
 healthIntervalSeconds), not at the test stack's 2 s: at 0.1 CPU a poll every 2 s alone was ~5 %
