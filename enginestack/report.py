@@ -31,9 +31,10 @@ Each pair back to back is followed by one pair run at once (two wrk, one via ngi
 direct, started together): runs minutes apart differ by up to 60 % here, and two loads at the
 same moment meet the same machine; the two replicas' own quotas keep them from taking CPU from
 each other. It is measured at BALANCER_CONNECTIONS: a replica at its quota spends more CPU per
-request behind nginx than reached directly, more so with few connections: the longer round
-trip spreads the requests' arrivals, and the replica's event loop wakes more often for fewer
-of them (the README, "Throughput by replica count", has the counts).
+request behind nginx than reached directly, more so with few connections: the cost grows with
+the round trip (two TCP proxies in a row cost as much as nginx), and with it how often the
+replica's event loop wakes (the README, "Throughput by replica count", has the counts and
+what is not settled).
 
 The replicas poll the registry and are probed at the stack defaults (pollIntervalSeconds,
 healthIntervalSeconds), not at the test stack's 2 s: at 0.1 CPU a poll every 2 s alone was ~5 %
