@@ -389,15 +389,21 @@ def _cpu_set(key: str, value: Any) -> CpuSet | None:
     return CpuSet(spec=spec, cpus=frozenset(cpus))
 
 
+def _group_key(index: int, field: str) -> str:
+    """The config key of a field of Settings.groups[index]: groups[0] is the default group
+    (top-level keys), the others are `groups` entries."""
+    return field if index == 0 else f"groups[{index - 1}].{field}"
+
+
 def _check_replica_cpu_set(cpu_set: CpuSet | None, groups: tuple[ReplicaGroup, ...]) -> None:
     """A quota larger than the CPUs a replica may run on could never be used."""
     if cpu_set is None:
         return
     for index, group in enumerate(groups):
         if Fraction(group.resources.cpus) > len(cpu_set.cpus):
-            where = "replicaCpus" if index == 0 else f"groups[{index - 1}].replicaCpus"
-            raise ConfigError("replicaCpuSet", f"{cpu_set.spec!r} holds {len(cpu_set.cpus)} CPU(s), fewer than {where} "
-                                               f"({group.resources.cpus}): a replica could never use its quota")
+            raise ConfigError("replicaCpuSet", f"{cpu_set.spec!r} holds {len(cpu_set.cpus)} CPU(s), fewer than "
+                                               f"{_group_key(index, 'replicaCpus')} ({group.resources.cpus}): a replica could "
+                                               "never use its quota")
 
 
 def _worker_processes(value: Any) -> int | None:
@@ -733,6 +739,9 @@ KUBERNETES_ONLY_KEYS = (
 )
 # Keys that mean nothing on a cluster, and why. A key with a default counts as set when its
 # value differs from the default (the CLI hands defaults over like any other value).
+# A pod spec cannot name host CPUs: the kubelet pins a pod only under its static CPU manager
+# policy (a Guaranteed pod asking for whole CPUs).
+_NO_HOST_CPUS_ON_A_CLUSTER = "a pod cannot name host CPUs; the kubelet's static CPU manager policy pins pods that ask for whole CPUs"
 DOCKER_ONLY_KEYS = {
     "dockerHost": "the cluster comes from the kubeconfig key or the environment's kubeconfig",
     "mlflowUiPort": "it publishes MLflow on the Docker host's loopback; on a cluster use "
@@ -740,10 +749,8 @@ DOCKER_ONLY_KEYS = {
     "balancerBindIp": "a Kubernetes Service has no bind address; choose balancerServiceType instead",
     "healthIntervalSeconds": "it sets the Docker healthchecks' interval; the cluster's pods keep their probes' own periods",
     "balancerWorkerProcesses": "the cluster's balancer pods run a fixed number of nginx workers, one per CPU of the pod",
-    # A pod spec cannot name host CPUs: the kubelet pins a pod only under its static CPU manager
-    # policy (a Guaranteed pod asking for whole CPUs).
-    "replicaCpuSet": "a pod cannot name host CPUs; the kubelet's static CPU manager policy pins pods that ask for whole CPUs",
-    "balancerCpuSet": "a pod cannot name host CPUs; the kubelet's static CPU manager policy pins pods that ask for whole CPUs",
+    "replicaCpuSet": _NO_HOST_CPUS_ON_A_CLUSTER,
+    "balancerCpuSet": _NO_HOST_CPUS_ON_A_CLUSTER,
     # The Docker target uploads these files beside nginx.conf; the cluster's balancer mounts only
     # its ConfigMap so far (no Secret for keys or certificates yet).
     "apiKeys": "the cluster's nginx pods do not mount the API keys file yet (Docker target only for now)",
@@ -895,13 +902,11 @@ def _kubernetes(stack: str, get: Callable[[str], Any], groups: tuple[ReplicaGrou
     runtime_class = _optional("gpuRuntimeClass", get, dns_name)
 
     for index, group in enumerate(groups):
-        # groups[0] is the default group (top-level keys); the others are `groups` entries.
-        prefix = "" if index == 0 else f"groups[{index - 1}]."
         if (Fraction(group.resources.cpus) * 1000).denominator != 1:
-            raise ConfigError(f"{prefix}replicaCpus", f"must be a multiple of 0.001 on Kubernetes (CPU is counted in millicores), got {group.resources.cpus!r}")
+            raise ConfigError(_group_key(index, "replicaCpus"), f"must be a multiple of 0.001 on Kubernetes (CPU is counted in millicores), got {group.resources.cpus!r}")
         if group.resources.gpu.mode in DOCKER_ONLY_GPU_MODES:
             mode = group.resources.gpu.mode
-            raise ConfigError(f"{prefix}gpuMode", f"{mode!r} is Docker-only and target is 'kubernetes': {DOCKER_ONLY_GPU_MODES[mode]}")
+            raise ConfigError(_group_key(index, "gpuMode"), f"{mode!r} is Docker-only and target is 'kubernetes': {DOCKER_ONLY_GPU_MODES[mode]}")
 
     autoscaling = None
     max_replicas = _optional("autoscaleMaxReplicas", get, lambda k, v: _int(k, v, 1, MAX_REPLICAS))
