@@ -7,6 +7,13 @@ Default (`per-cpu`), the issue's comparison on two cores:
   round's B/A ratio is printed: with the CPU doubled and a process per CPU, B should serve
   at least 1.8 times what A serves.
 
+Two controls run in the same rounds (`--no-controls` skips them), both limited to 1 CPU on
+  core 0: one process with the core to itself and half the connections (as many as each of
+  B's processes gets, so its model calls hold as many rows), and two independent one-process
+  replicas sharing the core, each loaded by its own wrk with half the connections (time-
+  sharing one core, without the replica's supervisor). B against them tells what two
+  processes on one core cost apart from batching.
+
 `--scaling 1 2 4 8`: replicas of N processes limited to N CPUs and pinned to cores 0..N-1,
   wrk on the cores after them, taking turns; prints each N's req/s over N times the
   one-process figure (the target: at least 0.8). Counts that do not fit the machine (N
@@ -31,6 +38,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -74,44 +82,64 @@ def cpu_seconds(p: rp.Proc) -> float:
 
 
 class Contender:
+    """One replica of `workers` processes, or with `replicas` > 1 that many independent
+    one-process replicas sharing the limit and the cores, each loaded by its own wrk with an
+    equal share of the connections, at the same time (a control: time-sharing without the
+    replica's supervisor)."""
+
     def __init__(self, label: str, workers: int, cpus: float, cores: str, load_cores: str, load_threads: int,
-                 connections: int) -> None:
+                 connections: int, replicas: int = 1) -> None:
         self.label, self.workers, self.cpus, self.cores = label, workers, cpus, cores
         self.load_cores, self.load_threads, self.connections = load_cores, load_threads, connections
+        self.replicas = replicas
         self.limit: CpuLimit | None = None
         self.weight: int | None = None
-        self.proc: rp.Proc | None = None
+        self.procs: list[rp.Proc] = []
         self.runs: list[dict[str, float]] = []
 
     def start(self, tracking: str, tmp: Path) -> None:
         self.limit = CpuLimit(f"mlserve-bench-{os.getpid()}-{self.label}", self.cpus, weight=self.weight)
-        self.proc = rp.start_replica(tracking, MODEL, ALIAS, tmp, cpus=self.cores, prefix=self.limit.prefix(),
-                                     **{contract.ENV_WORKERS: str(self.workers), contract.ENV_POLL_INTERVAL_S: "30",
-                                        contract.ENV_LOG_LEVEL: "warning"})
-        check = subprocess.run(["curl", "-s", "-H", "Content-Type: application/json", "-d", BODY,
-                                self.proc.url + contract.ROUTE_INVOCATIONS],
-                               capture_output=True, text=True, timeout=30, check=True).stdout
-        if json.loads(check).get("predictions") is None:
-            raise RuntimeError(f"{self.label}: unexpected answer {check!r}")
+        for _ in range(self.replicas):
+            proc = rp.start_replica(tracking, MODEL, ALIAS, tmp, cpus=self.cores, prefix=self.limit.prefix(),
+                                    **{contract.ENV_WORKERS: str(self.workers), contract.ENV_POLL_INTERVAL_S: "30",
+                                       contract.ENV_LOG_LEVEL: "warning"})
+            self.procs.append(proc)
+            check = subprocess.run(["curl", "-s", "-H", "Content-Type: application/json", "-d", BODY,
+                                    proc.url + contract.ROUTE_INVOCATIONS],
+                                   capture_output=True, text=True, timeout=30, check=True).stdout
+            if json.loads(check).get("predictions") is None:
+                raise RuntimeError(f"{self.label}: unexpected answer {check!r}")
+
+    def _load(self, duration: float, script: Path) -> list[dict[str, float]]:
+        """wrk against every replica at once, the connections split evenly."""
+        connections = self.connections // len(self.procs)
+        with ThreadPoolExecutor(len(self.procs)) as pool:
+            return list(pool.map(lambda p: wrk(p.url + contract.ROUTE_INVOCATIONS, self.load_cores,
+                                               self.load_threads, connections, duration, script), self.procs))
 
     def measure(self, duration: float, warmup: float, script: Path) -> dict[str, float]:
-        assert self.proc is not None and self.limit is not None
-        url = self.proc.url + contract.ROUTE_INVOCATIONS
-        wrk(url, self.load_cores, self.load_threads, self.connections, warmup, script)
-        before, cpu0, b0 = self.limit.stats(), cpu_seconds(self.proc), _batches(self.proc)
-        r = wrk(url, self.load_cores, self.load_threads, self.connections, duration, script)
-        after, cpu1, b1 = self.limit.stats(), cpu_seconds(self.proc), _batches(self.proc)
-        r["rows_per_call"] = (b1[0] - b0[0]) / (b1[1] - b0[1]) if b1[1] > b0[1] else 0.0
+        assert self.procs and self.limit is not None
+        self._load(warmup, script)
+        before, cpu0 = self.limit.stats(), sum(cpu_seconds(p) for p in self.procs)
+        b0 = [_batches(p) for p in self.procs]
+        each = self._load(duration, script)
+        after, cpu1 = self.limit.stats(), sum(cpu_seconds(p) for p in self.procs)
+        b1 = [_batches(p) for p in self.procs]
+        rows, calls = (sum(b[i] - a[i] for a, b in zip(b0, b1, strict=True)) for i in (0, 1))
+        r = {"rps": sum(e["rps"] for e in each), "p50": max(e["p50"] for e in each),
+             "p99": max(e["p99"] for e in each), "non2xx": sum(e["non2xx"] for e in each)}
+        r["rows_per_call"] = rows / calls if calls else 0.0
         periods = after.get("nr_periods", 0) - before.get("nr_periods", 0)
         r["throttled_share"] = (after.get("nr_throttled", 0) - before.get("nr_throttled", 0)) / periods if periods else 0.0
         r["cpus_used"] = (cpu1 - cpu0) / duration
-        r["pss_mb"] = self.proc.pss_bytes() / 2**20
+        r["cpu_us_per_request"] = 1e6 * (cpu1 - cpu0) / (r["rps"] * duration) if r["rps"] else 0.0
+        r["pss_mb"] = sum(p.pss_bytes() for p in self.procs) / 2**20
         self.runs.append(r)
         return r
 
     def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.stop()
+        for proc in self.procs:
+            proc.stop()
         if self.limit is not None:
             self.limit.remove()
 
@@ -119,7 +147,7 @@ class Contender:
 def _line(c: Contender, r: dict[str, float], rnd: int) -> str:
     return (f"{c.label:>10s} round {rnd + 1}: {r['rps']:9.0f} req/s  p50 {r['p50']:7.2f} ms  p99 {r['p99']:7.2f} ms"
             f"  CPUs used {r['cpus_used']:4.2f}/{c.cpus:g}  throttled {100 * r['throttled_share']:3.0f}% of periods"
-            f"  rows/call {r['rows_per_call']:4.1f}"
+            f"  rows/call {r['rows_per_call']:4.1f}  CPU/request {r['cpu_us_per_request']:5.1f} us"
             f"  PSS {r['pss_mb']:6.0f} MiB  non-2xx {int(r['non2xx'])}")
 
 
@@ -133,6 +161,8 @@ def main() -> int:
     ap.add_argument("--weight", type=int, default=1000,
                     help="CPU weight of the replicas' cgroups (100: like everything else; the default lets each "
                          "take its whole limit on a machine shared with other work, which then waits)")
+    ap.add_argument("--no-controls", action="store_true",
+                    help="per-cpu only: skip the two control contenders (see the module's docstring)")
     ap.add_argument("--json", help="also write the figures to this file")
     args = ap.parse_args()
     if not shutil.which("wrk") or not shutil.which("taskset"):
@@ -160,6 +190,10 @@ def main() -> int:
             return 2
         contenders = [Contender("1proc@0.5", 1, 0.5, "0", "1", 1, args.connections),
                       Contender("2proc@1.0", 2, 1.0, "0", "1", 1, args.connections)]
+        if not args.no_controls:
+            half = args.connections // 2
+            contenders += [Contender(f"1proc@1.0-c{half}", 1, 1.0, "0", "1", 1, half),
+                           Contender("2x1proc@1.0", 1, 1.0, "0", "1", 1, args.connections, replicas=2)]
 
     global LOAD
     for c in contenders:
@@ -207,6 +241,16 @@ def main() -> int:
         print(f"  {c.label} / {base.label}: req/s x{statistics.median(per_round):.2f} "
               f"[{min(per_round):.2f}..{max(per_round):.2f}] with x{scale:g} the CPU: "
               f"{statistics.median(per_cpu):.2f} of linear [{min(per_cpu):.2f}..{max(per_cpu):.2f}]")
+    if len(contenders) == 4 and not args.scaling:
+        # What the controls say about B, the two-process replica: against one process with the
+        # core to itself and the connections one of B's processes gets, and against two
+        # independent replicas time-sharing the core (no supervisor).
+        two = contenders[1]
+        for c in contenders[2:]:
+            per_round = [r["rps"] / b["rps"] for r, b in zip(two.runs, c.runs, strict=True)]
+            ratios[f"{two.label}/{c.label}"] = statistics.median(per_round)
+            print(f"  {two.label} / {c.label}: req/s x{statistics.median(per_round):.2f} "
+                  f"[{min(per_round):.2f}..{max(per_round):.2f}]")
     results["ratios"] = ratios
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
