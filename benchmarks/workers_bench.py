@@ -14,6 +14,11 @@ Two controls run in the same rounds (`--no-controls` skips them), both limited t
   sharing one core, without the replica's supervisor). B against them tells what two
   processes on one core cost apart from batching.
 
+`--spread`: the same A and B with the replicas and wrk free to run on every core, so that
+  B's two processes can each have a core of their own (what a replica with two CPUs gets on a
+  host with idle cores) instead of taking turns on core 0; wrk then shares the cores with
+  both alike.
+
 `--scaling 1 2 4 8`: replicas of N processes limited to N CPUs and pinned to cores 0..N-1,
   wrk on the cores after them, taking turns; prints each N's req/s over N times the
   one-process figure (the target: at least 0.8). Counts that do not fit the machine (N
@@ -25,6 +30,7 @@ this needs root. The model is the iris LogisticRegression trained by `python -m 
 only; every process and cgroup it makes is removed in `finally`.
 
     sudo .venv/bin/python benchmarks/workers_bench.py [--rounds 5] [--duration 10] [--connections 32]
+    sudo .venv/bin/python benchmarks/workers_bench.py --spread
     sudo .venv/bin/python benchmarks/workers_bench.py --scaling 1 2 4 8
 """
 
@@ -161,6 +167,8 @@ def main() -> int:
     ap.add_argument("--weight", type=int, default=1000,
                     help="CPU weight of the replicas' cgroups (100: like everything else; the default lets each "
                          "take its whole limit on a machine shared with other work, which then waits)")
+    ap.add_argument("--spread", action="store_true",
+                    help="per-cpu only: the replicas and wrk on every core instead of core 0 and core 1 (no controls)")
     ap.add_argument("--no-controls", action="store_true",
                     help="per-cpu only: skip the two control contenders (see the module's docstring)")
     ap.add_argument("--json", help="also write the figures to this file")
@@ -188,9 +196,13 @@ def main() -> int:
         if cores < 2:
             print("needs two cores (replicas on core 0, wrk on core 1)", file=sys.stderr)
             return 2
-        contenders = [Contender("1proc@0.5", 1, 0.5, "0", "1", 1, args.connections),
-                      Contender("2proc@1.0", 2, 1.0, "0", "1", 1, args.connections)]
-        if not args.no_controls:
+        # --spread: the replicas and wrk on every core, so that B's processes need not take
+        # turns on one core (the scheduler gives each its own while wrk leaves room).
+        cores_all = f"0-{cores - 1}"
+        rep_cores, load_cores, load_threads = (cores_all, cores_all, cores) if args.spread else ("0", "1", 1)
+        contenders = [Contender("1proc@0.5", 1, 0.5, rep_cores, load_cores, load_threads, args.connections),
+                      Contender("2proc@1.0", 2, 1.0, rep_cores, load_cores, load_threads, args.connections)]
+        if not args.no_controls and not args.spread:
             half = args.connections // 2
             contenders += [Contender(f"1proc@1.0-c{half}", 1, 1.0, "0", "1", 1, half),
                            Contender("2x1proc@1.0", 1, 1.0, "0", "1", 1, args.connections, replicas=2)]
