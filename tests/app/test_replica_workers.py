@@ -213,6 +213,19 @@ def test_a_connection_handed_to_a_process_that_dies_before_taking_it_goes_to_ano
     wait_until(lambda: _pids(replica2)[1] not in (None, victim) and _all_serving(replica2), 60, "the replacement")
 
 
+def test_a_replica_pinned_to_fewer_cpus_than_processes_says_so(tracking: rp.Proc, trained: dict[str, object],
+                                                                 workdir: Path) -> None:
+    proc = rp.start_replica(tracking.url, str(trained["model"]), str(trained["alias"]), workdir, cpus="0",
+                            **{contract.ENV_WORKERS: str(WORKERS)})
+    try:
+        wait_until(lambda: _all_serving(proc), 60, "every process serving")
+        said = [json.loads(line) for line in proc.log_path.read_text().splitlines() if "take turns" in line]
+        assert said and (said[0]["workers"], said[0]["cpus"]) == (WORKERS, 1), said
+        assert said[0]["level"] in ("warning", "WARNING"), said
+    finally:
+        proc.stop()
+
+
 def test_the_workers_never_outlive_the_supervisor(tracking: rp.Proc, trained: dict[str, object],
                                                   workdir: Path) -> None:
     proc = rp.start_replica(tracking.url, str(trained["model"]), str(trained["alias"]), workdir,
