@@ -182,6 +182,7 @@ def main() -> int:
         return 2
     cores = len(os.sched_getaffinity(0))
     contenders: list[Contender] = []
+    controls: list[Contender] = []
     if args.scaling:
         for n in sorted(set(args.scaling)):
             load = max(1, (n + 1) // 2)  # wrk needs about one core per two replica processes here
@@ -204,8 +205,9 @@ def main() -> int:
                       Contender("2proc@1.0", 2, 1.0, rep_cores, load_cores, load_threads, args.connections)]
         if not args.no_controls and not args.spread:
             half = args.connections // 2
-            contenders += [Contender(f"1proc@1.0-c{half}", 1, 1.0, "0", "1", 1, half),
-                           Contender("2x1proc@1.0", 1, 1.0, "0", "1", 1, args.connections, replicas=2)]
+            controls = [Contender(f"1proc@1.0-c{half}", 1, 1.0, "0", "1", 1, half),
+                        Contender("2x1proc@1.0", 1, 1.0, "0", "1", 1, args.connections, replicas=2)]
+            contenders += controls
 
     global LOAD
     for c in contenders:
@@ -253,12 +255,12 @@ def main() -> int:
         print(f"  {c.label} / {base.label}: req/s x{statistics.median(per_round):.2f} "
               f"[{min(per_round):.2f}..{max(per_round):.2f}] with x{scale:g} the CPU: "
               f"{statistics.median(per_cpu):.2f} of linear [{min(per_cpu):.2f}..{max(per_cpu):.2f}]")
-    if len(contenders) == 4 and not args.scaling:
+    if controls:
         # What the controls say about B, the two-process replica: against one process with the
         # core to itself and the connections one of B's processes gets, and against two
         # independent replicas time-sharing the core (no supervisor).
         two = contenders[1]
-        for c in contenders[2:]:
+        for c in controls:
             per_round = [r["rps"] / b["rps"] for r, b in zip(two.runs, c.runs, strict=True)]
             ratios[f"{two.label}/{c.label}"] = statistics.median(per_round)
             print(f"  {two.label} / {c.label}: req/s x{statistics.median(per_round):.2f} "
