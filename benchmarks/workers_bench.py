@@ -157,6 +157,15 @@ def _line(c: Contender, r: dict[str, float], rnd: int) -> str:
             f"  PSS {r['pss_mb']:6.0f} MiB  non-2xx {int(r['non2xx'])}")
 
 
+def _per_round(num: Contender, den: Contender) -> list[float]:
+    """Each round's throughput of `num` over `den` (their runs of a round are back to back)."""
+    return [r["rps"] / b["rps"] for r, b in zip(num.runs, den.runs, strict=True)]
+
+
+def _mid_range(xs: list[float], after_median: str = "") -> str:
+    return f"{statistics.median(xs):.2f}{after_median} [{min(xs):.2f}..{max(xs):.2f}]"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--duration", type=float, default=10.0, help="seconds per measured run")
@@ -248,23 +257,20 @@ def main() -> int:
     print("per-round ratios (runs of a round are back to back), median [min..max]:")
     ratios: dict[str, float] = {}
     for c in contenders[1:]:
-        per_round = [r["rps"] / b["rps"] for r, b in zip(c.runs, base.runs, strict=True)]
+        per_round = _per_round(c, base)
         scale = c.cpus / base.cpus
-        per_cpu = [x / scale for x in per_round]
         ratios[c.label] = statistics.median(per_round)
-        print(f"  {c.label} / {base.label}: req/s x{statistics.median(per_round):.2f} "
-              f"[{min(per_round):.2f}..{max(per_round):.2f}] with x{scale:g} the CPU: "
-              f"{statistics.median(per_cpu):.2f} of linear [{min(per_cpu):.2f}..{max(per_cpu):.2f}]")
+        print(f"  {c.label} / {base.label}: req/s x{_mid_range(per_round)} with x{scale:g} the CPU: "
+              f"{_mid_range([x / scale for x in per_round], ' of linear')}")
     if controls:
         # What the controls say about B, the two-process replica: against one process with the
         # core to itself and the connections one of B's processes gets, and against two
         # independent replicas time-sharing the core (no supervisor).
         two = contenders[1]
         for c in controls:
-            per_round = [r["rps"] / b["rps"] for r, b in zip(two.runs, c.runs, strict=True)]
+            per_round = _per_round(two, c)
             ratios[f"{two.label}/{c.label}"] = statistics.median(per_round)
-            print(f"  {two.label} / {c.label}: req/s x{statistics.median(per_round):.2f} "
-                  f"[{min(per_round):.2f}..{max(per_round):.2f}]")
+            print(f"  {two.label} / {c.label}: req/s x{_mid_range(per_round)}")
     results["ratios"] = ratios
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
