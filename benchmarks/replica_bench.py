@@ -210,9 +210,7 @@ def main() -> int:
             procs.append(p)
             servers[label] = p
             # A wrong answer would make the figures meaningless.
-            check = subprocess.run(["curl", "-s", "-H", "Content-Type: application/json", "-d", BODY,
-                                    p.url + contract.ROUTE_INVOCATIONS],
-                                   capture_output=True, text=True, timeout=30, check=True).stdout
+            check = rp.http_post_json(p.url + contract.ROUTE_INVOCATIONS, BODY)[1].decode()
             if json.loads(check).get("predictions") is None:
                 raise RuntimeError(f"{label}: unexpected answer {check!r}")
         # All three stay up (idle ones use no CPU) and take turns, round after round, so

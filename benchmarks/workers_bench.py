@@ -68,8 +68,7 @@ def wrk(url: str, cores: str, threads: int, connections: int, duration: float, s
 
 def _batches(p: rp.Proc) -> tuple[float, float]:
     """(rows, model calls) so far, from the replica's /metrics."""
-    text = subprocess.run(["curl", "-s", p.url + contract.ROUTE_METRICS], capture_output=True, text=True, timeout=30,
-                          check=True).stdout
+    text = rp.http_get(p.url + contract.ROUTE_METRICS, timeout=30)[1].decode()
     vals = dict(line.rsplit(" ", 1) for line in text.splitlines()
                 if line.startswith(("mlserve_replica_batch_rows_sum ", "mlserve_replica_batch_rows_count ")))
     return float(vals.get("mlserve_replica_batch_rows_sum", 0)), float(vals.get("mlserve_replica_batch_rows_count", 0))
@@ -110,9 +109,7 @@ class Contender:
                                     **{contract.ENV_WORKERS: str(self.workers), contract.ENV_POLL_INTERVAL_S: "30",
                                        contract.ENV_LOG_LEVEL: "warning"})
             self.procs.append(proc)
-            check = subprocess.run(["curl", "-s", "-H", "Content-Type: application/json", "-d", BODY,
-                                    proc.url + contract.ROUTE_INVOCATIONS],
-                                   capture_output=True, text=True, timeout=30, check=True).stdout
+            check = rp.http_post_json(proc.url + contract.ROUTE_INVOCATIONS, BODY)[1].decode()
             if json.loads(check).get("predictions") is None:
                 raise RuntimeError(f"{self.label}: unexpected answer {check!r}")
 
