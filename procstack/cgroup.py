@@ -35,6 +35,7 @@ class CpuLimit:
         elif "cpu" in _read(V2_ROOT / "cgroup.controllers").split():
             self.path = V2_ROOT / name
             self.v2 = True
+            _enable_v2_cpu_for_children()
         else:
             raise CgroupUnavailable("no cgroup cpu controller (v1 /sys/fs/cgroup/cpu or v2 with cpu) on this machine")
         try:
@@ -70,6 +71,17 @@ class CpuLimit:
                 if time.monotonic() > end:
                     return
                 time.sleep(0.1)  # its last processes are still exiting
+
+
+def _enable_v2_cpu_for_children() -> None:
+    """Where nothing (systemd, a container runtime) has delegated the cpu controller to the
+    root's children, a child has no cpu.max; enabling it is what those managers do at boot."""
+    control = V2_ROOT / "cgroup.subtree_control"
+    if "cpu" not in _read(control).split():
+        try:
+            control.write_text("+cpu")
+        except OSError as exc:
+            raise CgroupUnavailable(f"cannot enable the cpu controller in {control}: {exc} (needs root)") from exc
 
 
 def _read(path: Path) -> str:
