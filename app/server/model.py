@@ -363,6 +363,60 @@ def import_model_libraries() -> None:
         pass
 
 
+def _exported_program(local: str, meta: Any) -> Path | None:
+    """The torch.export archive of a PyTorch model saved as MLflow 3 does by default
+    (serialization_format "pt2"), or None (pickled, or not PyTorch)."""
+    flavor = meta.flavors.get("pytorch")
+    if flavor is None:
+        return None
+    path = Path(local, flavor.get("model_data", "data"), "model.pt2")
+    return path if path.is_file() else None
+
+
+def _load_pyfunc(local: str, meta: Any, device: str) -> Any:
+    """MLflow's pyfunc model on `device`.
+
+    MLflow's check of the model's requirements is off (`suppress_warnings`): it maps every
+    installed distribution to its modules first, 0.7-0.8 s on a quiet core, as long again as
+    the rest of a forked serving process's first load (0.55-0.75 s); environment_mismatches
+    reads only the distributions the model names.
+
+    An exported program (pt2) keeps its weights on the device it was exported on, and MLflow
+    refuses to load it anywhere else: by default every PyTorch model logged on a machine
+    without a GPU would then fail on a GPU replica (as `mlflow models serve` fails there). Such
+    a model is loaded through MLflow on the device its weights hold, which also runs MLflow's
+    check that the archive holds no pickles, and then moved with torch's own pass for
+    exported programs (a module's `.to()` would leave the devices its graph names)."""
+    import mlflow.pyfunc
+    from mlflow.exceptions import MlflowException
+
+    flavors = meta.flavors
+    if "pytorch" not in flavors:
+        return mlflow.pyfunc.load_model(local, suppress_warnings=True)
+    try:
+        return mlflow.pyfunc.load_model(local, model_config={"device": device}, suppress_warnings=True)
+    except MlflowException:
+        exported = _exported_program(local, meta)
+        if exported is None:
+            raise
+        held = contract.DEVICE_CPU if device == contract.DEVICE_CUDA else contract.DEVICE_CUDA
+        try:
+            pyfunc = mlflow.pyfunc.load_model(local, model_config={"device": held}, suppress_warnings=True)
+        except Exception:  # noqa: BLE001 - not a question of devices: the first error says what is wrong
+            pass
+        else:
+            import torch
+            from torch.export.passes import move_to_device_pass
+
+            wrapper = pyfunc._model_impl  # mlflow.pytorch's wrapper: the module and where its inputs go
+            wrapper.pytorch_model = move_to_device_pass(torch.export.load(str(exported)), device).module()
+            wrapper.device = device
+            log.info("exported program moved to the replica's device",
+                     extra={"exported_on": held, "device": device})
+            return pyfunc
+        raise
+
+
 def load(name: str, version: str, alias: str, requested_device: str, predict_kernels: bool = True) -> LoadedModel:
     """Load one registry version (by number, so a concurrent alias move cannot mix versions)."""
     import mlflow.pyfunc
@@ -376,12 +430,7 @@ def load(name: str, version: str, alias: str, requested_device: str, predict_ker
         meta = Model.load(local)
         flavors = list(meta.flavors)
         device = resolve_device(requested_device, flavors, _torch_cuda_available)
-        config = {"device": device} if "pytorch" in flavors else None
-        # MLflow's own check of the model's requirements maps every installed distribution to
-        # its modules first: 0.7-0.8 s on a quiet core, as long again as the rest of a forked
-        # serving process's first load (0.55-0.75 s). environment_mismatches reads only the
-        # distributions the model names.
-        pyfunc = mlflow.pyfunc.load_model(local, model_config=config, suppress_warnings=True)
+        pyfunc = _load_pyfunc(local, meta, device)
         warn_environment_mismatches(name, version, local, meta.flavors.get("python_function", {}).get("python_version"))
         flavor = next((f for f in flavors if f != "python_function"), "python_function")
         model = LoadedModel(

@@ -8,11 +8,14 @@ import logging
 import platform
 import subprocess
 import sys
+import types
 from pathlib import Path
 from typing import Any
 
+import mlflow.pyfunc
 import numpy as np
 import pytest
+from mlflow.exceptions import MlflowException
 from sklearn.datasets import load_diabetes, load_iris
 from sklearn.linear_model import LinearRegression, LogisticRegression
 
@@ -50,6 +53,66 @@ def test_device_for_pytorch_models() -> None:
     assert resolve_device(contract.DEVICE_CUDA, flavors, lambda: True) == contract.DEVICE_CUDA
     with pytest.raises(RuntimeError, match=contract.ENV_DEVICE):
         resolve_device(contract.DEVICE_CUDA, flavors, lambda: False)
+
+
+class _Meta:
+    def __init__(self, flavors: dict[str, dict[str, str]]) -> None:
+        self.flavors = flavors
+
+
+@pytest.fixture
+def exported_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """A PyTorch model directory as MLflow 3 saves one by default (data/model.pt2), whose
+    weights the fake MLflow loader says are on the CPU, and a fake torch whose export pass
+    records what it moved where (the real path runs in test_replica_gpu.py, on a GPU)."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "model.pt2").write_bytes(b"archive")
+    seen: dict[str, Any] = {"loads": [], "held": contract.DEVICE_CPU}
+
+    def load_model(local: str, model_config: dict[str, str] | None = None, suppress_warnings: bool = False) -> Any:
+        device = (model_config or {}).get("device")
+        seen["loads"].append(device)
+        if device != seen["held"]:
+            raise MlflowException(f"weights on '{seen['held']}' can't be loaded on '{device}'")
+        return types.SimpleNamespace(_model_impl=types.SimpleNamespace(pytorch_model="on-held", device=device))
+
+    torch = types.ModuleType("torch")
+    torch.export = types.ModuleType("torch.export")  # type: ignore[attr-defined]
+    torch.export.load = lambda path: ("program", path)  # type: ignore[attr-defined]
+    passes = types.ModuleType("torch.export.passes")
+    passes.move_to_device_pass = lambda ep, device: types.SimpleNamespace(  # type: ignore[attr-defined]
+        module=lambda: ("module", ep, device))
+    monkeypatch.setitem(sys.modules, "torch", torch)
+    monkeypatch.setitem(sys.modules, "torch.export", torch.export)  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "torch.export.passes", passes)
+    monkeypatch.setattr(mlflow.pyfunc, "load_model", load_model)
+    seen["dir"] = str(tmp_path)
+    return seen
+
+
+def test_an_exported_program_from_another_device_is_moved(exported_model: dict[str, Any]) -> None:
+    meta = _Meta({"python_function": {}, "pytorch": {"model_data": "data"}})
+    pyfunc = model_mod._load_pyfunc(exported_model["dir"], meta, contract.DEVICE_CUDA)
+    # MLflow's loader was asked for the replica's device, then for where the weights are.
+    assert exported_model["loads"] == [contract.DEVICE_CUDA, contract.DEVICE_CPU]
+    archive = str(Path(exported_model["dir"], "data", "model.pt2"))
+    assert pyfunc._model_impl.pytorch_model == ("module", ("program", archive), contract.DEVICE_CUDA)
+    assert pyfunc._model_impl.device == contract.DEVICE_CUDA
+
+
+def test_a_model_that_no_device_loads_keeps_the_first_error(exported_model: dict[str, Any]) -> None:
+    exported_model["held"] = "meta"  # neither device loads it: not a question of devices
+    meta = _Meta({"python_function": {}, "pytorch": {"model_data": "data"}})
+    with pytest.raises(MlflowException, match="can't be loaded on 'cuda'"):
+        model_mod._load_pyfunc(exported_model["dir"], meta, contract.DEVICE_CUDA)
+
+
+def test_a_pickled_pytorch_model_is_not_retried(exported_model: dict[str, Any]) -> None:
+    Path(exported_model["dir"], "data", "model.pt2").unlink()
+    meta = _Meta({"python_function": {}, "pytorch": {"model_data": "data"}})
+    with pytest.raises(MlflowException):
+        model_mod._load_pyfunc(exported_model["dir"], meta, contract.DEVICE_CUDA)
+    assert exported_model["loads"] == [contract.DEVICE_CUDA]
 
 
 def test_server_never_imports_torch() -> None:
