@@ -51,6 +51,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import httpx
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app import contract  # noqa: E402
@@ -74,6 +76,15 @@ def wrk(url: str, connections: int, duration: float, script: Path) -> dict[str, 
 
 def _ms(value: str, unit: str) -> float:
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
+
+
+def check_answer(label: str, base_url: str) -> None:
+    """One request of BODY must come back with predictions: a wrong answer would make the
+    figures meaningless."""
+    r = httpx.post(base_url + contract.ROUTE_INVOCATIONS, content=BODY, timeout=30,
+                   headers={"Content-Type": "application/json"})
+    if r.json().get("predictions") is None:
+        raise RuntimeError(f"{label}: unexpected answer {r.text!r}")
 
 
 def parse_wrk(out: str) -> dict[str, float]:
@@ -209,10 +220,7 @@ def main() -> int:
             p = factory()
             procs.append(p)
             servers[label] = p
-            # A wrong answer would make the figures meaningless.
-            check = rp.http_post_json(p.url + contract.ROUTE_INVOCATIONS, BODY)[1].decode()
-            if json.loads(check).get("predictions") is None:
-                raise RuntimeError(f"{label}: unexpected answer {check!r}")
+            check_answer(label, p.url)
         # All three stay up (idle ones use no CPU) and take turns, round after round, so
         # that noise from other work on the machine hits all of them alike; the median
         # of the rounds is reported.

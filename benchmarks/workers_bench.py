@@ -51,7 +51,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app import contract  # noqa: E402
-from benchmarks.replica_bench import ALIAS, BODY, MODEL, parse_wrk  # noqa: E402
+from benchmarks.replica_bench import ALIAS, BODY, MODEL, check_answer, parse_wrk  # noqa: E402
 from procstack import solo as rp  # noqa: E402
 from procstack.cgroup import CgroupUnavailable, CpuLimit, available  # noqa: E402
 
@@ -109,9 +109,7 @@ class Contender:
                                     **{contract.ENV_WORKERS: str(self.workers), contract.ENV_POLL_INTERVAL_S: "30",
                                        contract.ENV_LOG_LEVEL: "warning"})
             self.procs.append(proc)
-            check = rp.http_post_json(proc.url + contract.ROUTE_INVOCATIONS, BODY)[1].decode()
-            if json.loads(check).get("predictions") is None:
-                raise RuntimeError(f"{self.label}: unexpected answer {check!r}")
+            check_answer(self.label, proc.url)
 
     def _load(self, duration: float, script: Path) -> list[dict[str, float]]:
         """wrk against every replica at once, the connections split evenly."""

@@ -46,16 +46,6 @@ def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
         return e.code, e.read()
 
 
-def http_post_json(url: str, body: str | bytes, timeout: float = 30.0) -> tuple[int, bytes]:
-    data = body.encode() if isinstance(body, str) else body
-    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"}, method="POST")
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
-
-
 def log_tail(path: Path, n: int = 4000) -> str:
     """The last `n` bytes of a process's log, or "" when there is none yet."""
     try:
