@@ -363,13 +363,10 @@ def import_model_libraries() -> None:
         pass
 
 
-def _exported_program(local: str, meta: Any) -> Path | None:
+def _exported_program(local: str, pytorch_flavor: dict[str, Any]) -> Path | None:
     """The torch.export archive of a PyTorch model saved as MLflow 3 does by default
-    (serialization_format "pt2"), or None (pickled, or not PyTorch)."""
-    flavor = meta.flavors.get("pytorch")
-    if flavor is None:
-        return None
-    path = Path(local, flavor.get("model_data", "data"), "model.pt2")
+    (serialization_format "pt2"), or None (pickled)."""
+    path = Path(local, pytorch_flavor.get("model_data", "data"), "model.pt2")
     return path if path.is_file() else None
 
 
@@ -390,13 +387,12 @@ def _load_pyfunc(local: str, meta: Any, device: str) -> Any:
     import mlflow.pyfunc
     from mlflow.exceptions import MlflowException
 
-    flavors = meta.flavors
-    if "pytorch" not in flavors:
+    if "pytorch" not in meta.flavors:
         return mlflow.pyfunc.load_model(local, suppress_warnings=True)
     try:
         return mlflow.pyfunc.load_model(local, model_config={"device": device}, suppress_warnings=True)
     except MlflowException:
-        exported = _exported_program(local, meta)
+        exported = _exported_program(local, meta.flavors["pytorch"])
         if exported is None:
             raise
         held = contract.DEVICE_CPU if device == contract.DEVICE_CUDA else contract.DEVICE_CUDA
