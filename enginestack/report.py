@@ -36,6 +36,15 @@ the round trip (two TCP proxies in a row cost as much as nginx), and with it how
 replica's event loop wakes (the README, "Throughput by replica count", has the counts and
 what is not settled).
 
+On this machine much of that cost is not the balancer's: its two vCPUs share a physical core's
+execution resources (as SMT siblings do), so work on the balancer's CPU slows a replica running
+on the other one. Measured: an idle-priority process spinning on CPU 1 raised a direct replica's
+CPU per request on CPU 0 by 25 %. nginx works exactly while its replica runs (the traffic flows
+only in the replica's unthrottled moments), where the direct twin's CPU 1 sees only wrk. So a
+third way of pairing runs both runs while `busy_cpus` keeps the balancer's CPUs busy whenever
+nginx and wrk leave them idle: both replicas then meet the same machine, and what is left is the
+balancer's own cost (pinned runs only: unpinned, the spinner would sit on the replicas' CPUs).
+
 The replicas poll the registry and are probed at the stack defaults (pollIntervalSeconds,
 healthIntervalSeconds), not at the test stack's 2 s: at 0.1 CPU a poll every 2 s alone was ~5 %
 of a replica's quota, and each probe is a process in the replica's cgroup.
@@ -50,8 +59,12 @@ from __future__ import annotations
 import os
 import socket
 import statistics
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -77,8 +90,16 @@ CONNECTIONS_PER_REPLICA = 8
 # BALANCER_PAIRS pairs per round.
 BALANCER_CONNECTIONS = (CONNECTIONS_PER_REPLICA, 32)
 BALANCER_PAIRS = 2
-# How each pair is run: one run after the other (the order alternating), and both at once.
-PAIRINGS = ("back to back", "at once")
+# How each pair is run: one run after the other (the order alternating), both at once, and one
+# after the other while the balancer's CPUs are held busy (`busy_cpus`; pinned runs only).
+PAIRINGS = ("back to back", "at once", "balancer CPUs busy")
+# Runs the spinner of `busy_cpus`: argv CPU, seconds at most.
+_SPIN = ("import os, sys, time\n"
+         "os.sched_setaffinity(0, {int(sys.argv[1])})\n"
+         "os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))\n"
+         "end = time.monotonic() + float(sys.argv[2])\n"
+         "while time.monotonic() < end:\n"
+         "    pass\n")
 # The wrk targets of the table: the default algorithm keeps the name the table always had.
 DEFAULT_ALGORITHM = DEFAULTS["balancerAlgorithm"]
 OTHER_ALGORITHMS = tuple(a for a in BALANCER_ALGORITHMS if a != DEFAULT_ALGORITHM)
@@ -91,6 +112,34 @@ def split_cores(cpus: set[int]) -> tuple[str, str] | None:
         return None
     first, *rest = sorted(cpus)
     return str(first), ",".join(str(c) for c in rest)
+
+
+@contextmanager
+def busy_cpus(cpus: set[int], longest_s: float) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """One process per CPU that spins at the idle scheduling policy (SCHED_IDLE): it runs only
+    when nothing else on its CPU wants to, and yields at once to what wakes there, so it keeps
+    the CPU busy without delaying nginx or wrk. Each ends after `longest_s` by itself and on
+    leaving the block; yielded once every one runs at that policy on its CPU."""
+    procs = [subprocess.Popen([sys.executable, "-c", _SPIN, str(cpu), f"{longest_s:g}"]) for cpu in sorted(cpus)]
+    try:
+        end = time.monotonic() + 10
+        while not all(_spinning(p.pid) for p in procs):
+            if time.monotonic() > end or any(p.poll() is not None for p in procs):
+                raise RuntimeError(f"spinners on CPUs {sorted(cpus)} did not start")
+            time.sleep(0.01)
+        yield procs
+    finally:
+        for p in procs:
+            p.kill()
+        for p in procs:
+            p.wait()
+
+
+def _spinning(pid: int) -> bool:
+    try:
+        return os.sched_getscheduler(pid) == os.SCHED_IDLE
+    except ProcessLookupError:
+        return False
 
 
 def target(algorithm: str) -> str:
@@ -181,7 +230,8 @@ def _report(max_replicas: int, duration: float, out_dir: Path, rounds: int, pin:
     entry = f"http://127.0.0.1:{port}{contract.ROUTE_INVOCATIONS}"
     runs: dict[tuple[str, int], list[Point]] = {}
     # Per way of pairing (PAIRINGS) and connection count, throughput via nginx / direct of each pair.
-    balancer_ratios: dict[str, dict[int, list[float]]] = {way: {c: [] for c in BALANCER_CONNECTIONS} for way in PAIRINGS}
+    ways = PAIRINGS if cores is not None else PAIRINGS[:2]
+    balancer_ratios: dict[str, dict[int, list[float]]] = {way: {c: [] for c in BALANCER_CONNECTIONS} for way in ways}
     balancer_errors = 0
 
     def measure(rnd: int, label: str, n: int, url: str, connections: int, record: bool = True) -> Point:
@@ -197,6 +247,14 @@ def _report(max_replicas: int, duration: float, out_dir: Path, rounds: int, pin:
             running = {label: pool.submit(_warmed, label, 1, url, connections, duration) for label, url in targets}
             got = {label: f.result() for label, f in running.items()}
         print(f"round {rnd + 1}: at once, {connections} connections: "
+              + ", ".join(f"{label} {p.rps:.0f} req/s" for label, p in got.items()), flush=True)
+        return got
+
+    def while_busy(rnd: int, targets: list[tuple[str, str]], connections: int) -> dict[str, Point]:
+        assert cores is not None
+        with busy_cpus({int(c) for c in cores[1].split(",")}, longest_s=len(targets) * (2 + duration) + 60):
+            got = {label: _warmed(label, 1, url, connections, duration) for label, url in targets}
+        print(f"round {rnd + 1}: balancer CPUs busy, {connections} connections: "
               + ", ".join(f"{label} {p.rps:.0f} req/s" for label, p in got.items()), flush=True)
         return got
 
@@ -230,9 +288,13 @@ def _report(max_replicas: int, duration: float, out_dir: Path, rounds: int, pin:
                             # Which target goes first alternates. Runs at the default connections
                             # are also the table's one-replica points.
                             targets = [(target(DEFAULT_ALGORITHM), entry), ("direct", url)]
+                            in_order = targets if pair % 2 == 0 else targets[::-1]
                             back_to_back = {label: measure(rnd, label, 1, u, c, record=c == CONNECTIONS_PER_REPLICA)
-                                            for label, u in (targets if pair % 2 == 0 else targets[::-1])}
-                            for way, got in zip(PAIRINGS, (back_to_back, at_once(rnd, targets, c)), strict=True):
+                                            for label, u in in_order}
+                            pairs = [back_to_back, at_once(rnd, targets, c)]
+                            if cores is not None:
+                                pairs.append(while_busy(rnd, in_order, c))
+                            for way, got in zip(ways, pairs, strict=True):
                                 via, direct = got[target(DEFAULT_ALGORITHM)], got["direct"]
                                 balancer_ratios[way][c].append(via.rps / direct.rps)
                                 balancer_errors += via.errors + direct.errors
@@ -274,6 +336,11 @@ def _write(points: list[Point], out_dir: Path, duration: float, rounds: int,
                                                                   for c, r in by_c.items())
                                           for way, by_c in balancer_ratios.items())
               + f"; errors {balancer_errors}; p99 via nginx / direct at {CONNECTIONS_PER_REPLICA} connections = {one.p99_ms / direct.p99_ms:.2f}"]
+    if PAIRINGS[2] in balancer_ratios:
+        lines.append(f"{PAIRINGS[2]}: both runs while a process at the idle scheduling policy spins on the balancer's CPUs,"
+                     " yielding to nginx and wrk: where CPUs share a physical core, nginx's work slows the replica beside it"
+                     " while the direct twin's neighbour idles; held busy, both meet the same machine"
+                     " (README, \"Throughput by replica count\").")
     last = via[-1].replicas
     lines.append(f"At {last} replicas, of linear (n x 1 replica via nginx): " + ", ".join(
         f"{a} {curve[-1].rps / (one.rps * last):.2f}" for a, curve in curves.items() if curve[-1].replicas == last))

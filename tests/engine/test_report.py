@@ -3,6 +3,8 @@ balancing algorithm that starts from the one-replica point, and the balancer's c
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -38,16 +40,19 @@ def test_the_table_has_every_algorithm_against_linear_and_the_balancers_cost(tmp
               _p("nginx", 2, 1500), _p(report.target(other), 2, 1900),
               _p("nginx", 3, 1800), _p(report.target(other), 3, 2700)]
     few, many = report.BALANCER_CONNECTIONS
-    back_to_back, at_once = report.PAIRINGS
+    back_to_back, at_once, busy = report.PAIRINGS
     report._write(points, tmp_path, 8, 3, {back_to_back: {few: [0.6, 0.7, 0.8, 0.9], many: [0.9, 0.95, 1.0]},
-                                           at_once: {few: [0.8, 0.85, 0.9], many: [0.88, 0.92]}}, 2, ("0", "1"))
+                                           at_once: {few: [0.8, 0.85, 0.9], many: [0.88, 0.92]},
+                                           busy: {few: [0.93, 0.97], many: [1.0]}}, 2, ("0", "1"))
     table = (tmp_path / "engine-scaling.md").read_text()
     assert "replicas on CPU 0 (replicaCpuSet), nginx (balancerCpuSet) and wrk on CPU 1;" in table.splitlines()[0]
     assert f"| 3 | nginx {other} | 2700 | 2.70 | 0.90 |" in table
     assert "| 3 | nginx | 1800 | 1.80 | 0.60 |" in table
     # Of an even count of pairs, statistics' median: the mean of the middle two.
     assert (f"{back_to_back}, {few} connections 0.75 [0.60..0.90] of 4, {many} connections 0.95 [0.90..1.00] of 3;"
-            f" {at_once}, {few} connections 0.85 [0.80..0.90] of 3, {many} connections 0.90 [0.88..0.92] of 2; errors 2;") in table
+            f" {at_once}, {few} connections 0.85 [0.80..0.90] of 3, {many} connections 0.90 [0.88..0.92] of 2;"
+            f" {busy}, {few} connections 0.95 [0.93..0.97] of 2, {many} connections 1.00 [1.00..1.00] of 1; errors 2;") in table
+    assert f"\n{busy}: both runs while a process at the idle scheduling policy spins on the balancer's CPUs" in table
     assert f"At 3 replicas, of linear (n x 1 replica via nginx): {report.DEFAULT_ALGORITHM} 0.60, {other} 0.90" in table
     assert (tmp_path / "engine-scaling.png").stat().st_size > 0
     assert (tmp_path / "engine-scaling.csv").read_text().count("\n") == len(points) + 1
@@ -72,3 +77,26 @@ def test_a_run_with_errors_prints_what_wrk_said_of_them(monkeypatch: pytest.Monk
     monkeypatch.setattr(report, "wrk", lambda url, seconds, connections: {**fake_wrk(url, seconds, connections), "errors": 0})
     report._warmed("direct", 1, "http://127.0.0.1:1/invocations", 8, 8.0)
     assert capsys.readouterr().out == ""
+
+
+def test_an_unpinned_report_has_no_busy_pairs_nor_says_what_they_are(tmp_path: Path) -> None:
+    back_to_back, at_once, busy = report.PAIRINGS
+    points = [_p("nginx", 1, 1000), _p("direct", 1, 1100)]
+    report._write(points, tmp_path, 8, 1, {back_to_back: {8: [0.9]}, at_once: {8: [0.8]}}, 0, None)
+    assert busy not in (tmp_path / "engine-scaling.md").read_text()
+
+
+def test_busy_cpus_spin_at_the_idle_policy_on_their_cpu_and_stop_on_leaving_and_by_themselves() -> None:
+    cpu = min(os.sched_getaffinity(0))
+    with report.busy_cpus({cpu}, longest_s=60) as procs:
+        assert len(procs) == 1
+        pid = procs[0].pid
+        assert os.sched_getscheduler(pid) == os.SCHED_IDLE
+        assert os.sched_getaffinity(pid) == {cpu}
+        assert procs[0].poll() is None
+    assert procs[0].returncode is not None
+    with report.busy_cpus({cpu}, longest_s=1.0) as procs:
+        deadline = time.monotonic() + 30
+        while procs[0].poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert procs[0].returncode == 0  # ended by its own deadline, not killed
