@@ -42,8 +42,12 @@ on the other one. Measured: an idle-priority process spinning on CPU 1 raised a 
 CPU per request on CPU 0 by 25 %. nginx works exactly while its replica runs (the traffic flows
 only in the replica's unthrottled moments), where the direct twin's CPU 1 sees only wrk. So a
 third way of pairing runs both runs while `busy_cpus` keeps the balancer's CPUs busy whenever
-nginx and wrk leave them idle: both replicas then meet the same machine, and what is left is the
-balancer's own cost (pinned runs only: unpinned, the spinner would sit on the replicas' CPUs).
+nginx and wrk leave them idle: both replicas then have a busy neighbour. The spinner is the
+harsher neighbour (it fills every moment nginx leaves, and the direct twin's CPU 1 has more of
+them), so this pairing favours the balancer, as the plain pairs favour the direct twin:
+nginx's own cost lies between the two (at 32 connections the busy pairs put nginx ahead of
+direct, 1.12 in the run of 2026-12-04 12:38). Pinned runs only: unpinned, the spinner would sit
+on the replicas' CPUs.
 
 The replicas poll the registry and are probed at the stack defaults (pollIntervalSeconds,
 healthIntervalSeconds), not at the test stack's 2 s: at 0.1 CPU a poll every 2 s alone was ~5 %
@@ -339,7 +343,8 @@ def _write(points: list[Point], out_dir: Path, duration: float, rounds: int,
     if PAIRINGS[2] in balancer_ratios:
         lines.append(f"{PAIRINGS[2]}: both runs while a process at the idle scheduling policy spins on the balancer's CPUs,"
                      " yielding to nginx and wrk: where CPUs share a physical core, nginx's work slows the replica beside it"
-                     " while the direct twin's neighbour idles; held busy, both meet the same machine"
+                     " while the direct twin's neighbour idles. The spinner is the harsher neighbour, so these pairs favour"
+                     " nginx, as the others favour direct; nginx's own cost lies between"
                      " (README, \"Throughput by replica count\").")
     last = via[-1].replicas
     lines.append(f"At {last} replicas, of linear (n x 1 replica via nginx): " + ", ".join(
