@@ -227,10 +227,11 @@ def _report(max_replicas: int, duration: float, out_dir: Path, rounds: int, pin:
                                         "balancerAlgorithm": DEFAULT_ALGORITHM}
     own_cpus = os.sched_getaffinity(0)
     cores = split_cores(own_cpus) if pin else None
+    balancer_cpus = {int(c) for c in cores[1].split(",")} if cores is not None else set()
     if cores is not None:
         config.update(replicaCpuSet=cores[0], balancerCpuSet=cores[1])
         # wrk, started by this process, inherits its CPUs.
-        os.sched_setaffinity(0, {int(c) for c in cores[1].split(",")})
+        os.sched_setaffinity(0, balancer_cpus)
     entry = f"http://127.0.0.1:{port}{contract.ROUTE_INVOCATIONS}"
     runs: dict[tuple[str, int], list[Point]] = {}
     # Per way of pairing (PAIRINGS) and connection count, throughput via nginx / direct of each pair.
@@ -255,8 +256,7 @@ def _report(max_replicas: int, duration: float, out_dir: Path, rounds: int, pin:
         return got
 
     def while_busy(rnd: int, targets: list[tuple[str, str]], connections: int) -> dict[str, Point]:
-        assert cores is not None
-        with busy_cpus({int(c) for c in cores[1].split(",")}, longest_s=len(targets) * (2 + duration) + 60):
+        with busy_cpus(balancer_cpus, longest_s=len(targets) * (2 + duration) + 60):
             got = {label: _warmed(label, 1, url, connections, duration) for label, url in targets}
         print(f"round {rnd + 1}: balancer CPUs busy, {connections} connections: "
               + ", ".join(f"{label} {p.rps:.0f} req/s" for label, p in got.items()), flush=True)
